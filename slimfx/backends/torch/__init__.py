@@ -1,0 +1,8 @@
+"""Torch backend: IR -> runnable, differentiable ``torch.fx.GraphModule`` (the reference)."""
+
+from __future__ import annotations
+
+from slimfx.backends.torch.kernels import KERNELS, register_kernel
+from slimfx.backends.torch.module import SlimfxModule, sync_constants, to_torch
+
+__all__ = ["KERNELS", "SlimfxModule", "register_kernel", "sync_constants", "to_torch"]

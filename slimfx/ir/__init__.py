@@ -1,0 +1,36 @@
+"""The slimfx IR: typed, static-shape dataflow graphs with a text form.
+
+See DESIGN.md §2. Importing this package registers the built-in ops.
+"""
+
+from __future__ import annotations
+
+from slimfx.ir import opset as _opset  # noqa: F401  (registers built-in ops)
+from slimfx.ir.core import Graph, Node, Source, Use, Value
+from slimfx.ir.ops import AttrDef, Attrs, OpDef, Trait, all_ops, get_op, has_op, register_op
+from slimfx.ir.parser import parse
+from slimfx.ir.printer import format_graph, format_node
+from slimfx.ir.types import QParams, TensorType
+from slimfx.ir.verifier import verify
+
+__all__ = [
+    "AttrDef",
+    "Attrs",
+    "Graph",
+    "Node",
+    "OpDef",
+    "QParams",
+    "Source",
+    "TensorType",
+    "Trait",
+    "Use",
+    "Value",
+    "all_ops",
+    "format_graph",
+    "format_node",
+    "get_op",
+    "has_op",
+    "parse",
+    "register_op",
+    "verify",
+]
