@@ -10,6 +10,7 @@ from slimfx.ir.core import Graph, Node, Source, Use, Value
 from slimfx.ir.ops import AttrDef, Attrs, OpDef, Trait, all_ops, get_op, has_op, register_op
 from slimfx.ir.parser import parse
 from slimfx.ir.printer import format_graph, format_node
+from slimfx.ir.serialize import load_graph, save_graph
 from slimfx.ir.types import QParams, TensorType
 from slimfx.ir.verifier import verify
 
@@ -29,8 +30,10 @@ __all__ = [
     "format_graph",
     "format_node",
     "get_op",
+    "load_graph",
     "has_op",
     "parse",
     "register_op",
+    "save_graph",
     "verify",
 ]

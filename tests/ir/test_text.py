@@ -81,3 +81,31 @@ def test_large_constants_come_from_the_mapping() -> None:
 def test_parse_errors_name_the_line(bad: str, msg: str) -> None:
     with pytest.raises(ParseError, match=msg):
         parse(bad)
+
+
+def test_save_and_load_graph(tmp_path) -> None:
+    from slimfx.ir.serialize import load_graph, save_graph
+
+    g = parse(GOLDEN, {"conv.weight": torch.randn(4, 3, 3, 3)})
+    g.constants["conv.weight"].mask = torch.rand(4, 3, 3, 3) > 0.5
+    p = tmp_path / "g.safetensors"
+    save_graph(g, p)
+    h = load_graph(p)
+    assert str(h) == str(g)
+    assert torch.equal(h.constants["conv.weight"].const, g.constants["conv.weight"].const)
+    assert torch.equal(h.constants["conv.weight"].mask, g.constants["conv.weight"].mask)
+
+
+def test_load_rejects_foreign_and_corrupt_files(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from slimfx.errors import ArtifactError
+    from slimfx.ir.serialize import load_graph
+
+    p = tmp_path / "x.safetensors"
+    save_file({"a": torch.zeros(2)}, str(p), metadata={"format": "other"})
+    with pytest.raises(ArtifactError, match="not a slimfx graph"):
+        load_graph(p)
+    p.write_bytes(b"\x00garbage")
+    with pytest.raises(ArtifactError, match="cannot read graph file"):
+        load_graph(p)
