@@ -12,7 +12,7 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -38,7 +38,8 @@ class Source:
         return " at ".join(parts) if parts else "<unknown source>"
 
 
-class Use(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Use:
     """One use of a Value: ``node.inputs[index] is value``."""
 
     node: Node

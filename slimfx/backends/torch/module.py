@@ -16,9 +16,9 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
+from slimfx.backends.torch.kernels import KERNELS
 from slimfx.errors import UnsupportedOpError
 from slimfx.ir.core import Graph, Value
-from slimfx.backends.torch.kernels import KERNELS
 
 __all__ = ["to_torch", "SlimfxModule"]
 
