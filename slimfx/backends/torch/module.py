@@ -40,6 +40,11 @@ def _flatten_outputs(result: Any, n: int) -> tuple[Any, ...]:
     return tuple(leaves)
 
 
+def _fx_name(name: str) -> str:
+    name = re.sub(r"\W", "_", name)
+    return name if name[:1].isalpha() or name[:1] == "_" else f"v_{name}"
+
+
 def _attach(root: torch.nn.Module, path: str, tensor: torch.Tensor, trainable: bool) -> str | None:
     parts = path.split(".")
     mod = root
@@ -84,7 +89,7 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
     env: dict[int, fx.Node] = {}
     names: dict[str, str] = {}
     for v in graph.inputs:
-        env[id(v)] = g.placeholder(re.sub(r"\W", "_", v.name))
+        env[id(v)] = g.placeholder(_fx_name(v.name))
     for v in graph.constants.values():
         assert v.const is not None
         path = _attach(root, v.name, v.const, trainable)
@@ -97,7 +102,8 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
         env[id(v)] = g.get_attr(path)
     for node in graph.nodes:
         args = tuple(env[id(v)] for v in node.inputs)
-        call = g.call_function(KERNELS[node.op.name], args, dict(node.attrs))
+        call = g.create_node("call_function", KERNELS[node.op.name], args, dict(node.attrs),
+                             name=_fx_name(node.name))
         if len(node.outputs) == 1 and node.op.num_results == 1:
             env[id(node.outputs[0])] = call
         elif len(node.outputs) == 1 and node.op.name == "opaque":
