@@ -1,0 +1,102 @@
+"""The ``slimfx`` command line.
+
+- ``slimfx pipelines [NAME]``: named pipelines and the explicit pass list each expands to;
+- ``slimfx passes``: registered passes with their options and one line of doc;
+- ``slimfx models``: the bundled model zoo;
+- ``slimfx demo [--retrain] [--target x86] [--no-compile]``: the end-to-end demo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from slimfx.errors import SlimfxError
+
+__all__ = ["main"]
+
+
+def _pipelines(name: str | None) -> int:
+    from slimfx.passes import Pipeline, known_pipelines
+
+    named = known_pipelines()
+    if name is not None and name not in named:
+        # any pipeline string is accepted: `slimfx pipelines "fold-bn,cleanup"`
+        print(Pipeline(name).describe())
+        return 0
+    for n, p in named.items():
+        if name is not None and n != name:
+            continue
+        print(f"{n}: {p.doc}" if p.doc else n)
+        print(f"  = {p.text}")
+        for line in Pipeline(p.text).describe().splitlines()[1:]:
+            if not line.startswith("        "):  # keep the pass lines, drop their docs
+                print("  " + line)
+        print()
+    return 0
+
+
+def _passes() -> int:
+    from slimfx.passes import Pass, known_passes
+
+    by_class: dict[type[Pass], list[str]] = {}
+    for name, cls in known_passes().items():
+        by_class.setdefault(cls, []).append(name)
+    for cls, names in sorted(by_class.items(), key=lambda kv: kv[0].name):
+        aliases = [n for n in names if n != cls.name]
+        head = cls.name + (f" (alias: {', '.join(aliases)})" if aliases else "")
+        print(f"{head}  [{cls.__module__}.{cls.__qualname__}]")
+        if cls.summary():
+            print(f"    {cls.summary()}")
+        for spec in cls.option_specs():
+            print(f"    {spec.name} = {spec.default!r}")
+    return 0
+
+
+def _models() -> int:
+    from slimfx.models.zoo import ZOO
+
+    for name, entry in ZOO.items():
+        print(f"{name:<14} {entry.doc}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slimfx`` script; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="slimfx", description="slimfx: compress and compile "
+                                     "PyTorch models through one IR")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pipelines", help="named pipelines and their expansion")
+    p.add_argument("name", nargs="?", help="one pipeline name, or any pipeline string")
+    sub.add_parser("passes", help="registered passes and their options")
+    sub.add_parser("models", help="the bundled model zoo")
+    d = sub.add_parser("demo", help="train/trace/optimize/quantize/compile the digits CNN")
+    d.add_argument("--retrain", action="store_true", help="ignore cached weights")
+    d.add_argument("--target", default="x86", help="TVM target (default x86)")
+    d.add_argument("--no-compile", action="store_true", help="stop after int8")
+    d.add_argument("--threads", type=int, default=1, help="CPU threads (0 = library defaults)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "pipelines":
+            return _pipelines(args.name)
+        if args.command == "passes":
+            return _passes()
+        if args.command == "models":
+            return _models()
+        from slimfx.demo import main as demo_main
+
+        return demo_main([*(["--retrain"] if args.retrain else []), "--target", args.target,
+                          *(["--no-compile"] if args.no_compile else []),
+                          "--threads", str(args.threads)])
+    except SlimfxError as e:
+        print(f"slimfx: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
