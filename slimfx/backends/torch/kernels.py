@@ -69,7 +69,8 @@ def _matmul(a, b):
 
 @register_kernel("batch_norm")
 def _batch_norm(x, mean, var, weight=None, bias=None, *, eps):
-    return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+    # running statistics are never trained (to_torch may make them Parameters)
+    return F.batch_norm(x, mean.detach(), var.detach(), weight, bias, False, 0.0, eps)
 
 
 @register_kernel("layer_norm")

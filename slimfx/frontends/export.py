@@ -1,0 +1,107 @@
+"""The ``torch.export`` frontend (the default).
+
+``torch.export.export(model.eval(), args, kwargs, strict=False)`` gives an ATen
+graph at the pre-dispatch level, which keeps high-level ops (``aten.conv2d``,
+``aten.linear``, ``aten.batch_norm``, ``aten.scaled_dot_product_attention``...).
+Placeholders are mapped through the graph signature: user inputs become graph
+inputs named after the ``forward()`` arguments, parameters, buffers and lifted
+tensor constants become IR constants named by their state-dict name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch.export.graph_signature import InputKind, OutputKind
+from torch.utils._pytree import tree_leaves
+
+from slimfx.errors import TraceError
+from slimfx.frontends.builder import GraphBuilder, module_path, user_location
+from slimfx.frontends.errors import condensed, raise_refusals
+from slimfx.ir.core import Graph, Source, Value
+from slimfx.ir.types import TensorType
+
+__all__ = ["trace_export"]
+
+logger = logging.getLogger(__name__)
+
+
+def source_of(node: fx.Node) -> Source:
+    """The Source of an ATen node of an exported program."""
+    return Source(module=module_path(node.meta.get("nn_module_stack")),
+                  location=user_location(node.meta.get("stack_trace")),
+                  torch_op=_op_name(node.target))
+
+
+def _op_name(target: Any) -> str:
+    if isinstance(target, torch._ops.OpOverload):
+        return f"aten.{target._schema.name.split('::')[-1]}.{target._overloadname}"
+    return getattr(target, "__name__", str(target))
+
+
+def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 name: str = "main") -> Graph:
+    """Traces ``model`` with torch.export and lowers the program to slimfx IR."""
+    from slimfx.frontends.lower import lower_graph
+
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(model.eval(), args, kwargs, strict=False)
+    except Exception as e:  # torch raises many unrelated types here
+        raise TraceError(condensed(e, "torch.export", other='method="fx"')) from e
+
+    g = Graph(name)
+    b = GraphBuilder(g)
+    env: dict[fx.Node, Any] = {}
+    placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    for spec, node in zip(ep.graph_signature.input_specs, placeholders, strict=True):
+        val = node.meta.get("val")
+        if spec.kind == InputKind.USER_INPUT:
+            if isinstance(val, torch.Tensor):
+                env[node] = g.add_input(spec.arg.name, TensorType.of(val))
+            else:
+                env[node] = getattr(spec.arg, "value", val)
+        elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+            target = spec.target or node.name
+            tensor = ep.state_dict.get(target)
+            if tensor is None:
+                tensor = ep.constants.get(target)
+            if not isinstance(tensor, torch.Tensor):
+                raise TraceError(f"torch.export: no tensor for {spec.kind.name.lower()} {target!r}")
+            env[node] = b.constant(tensor, target)
+        else:
+            raise TraceError(f"torch.export: unsupported input kind {spec.kind.name} "
+                             f"({node.name}); try method=\"fx\"")
+
+    out = lower_graph(b, ep.graph, env, source_of, lambda t: _get_attr(ep.graph_module, t))
+    raise_refusals(b.refusals, other='method="fx"')
+    outs: list[Value] = []
+    for spec, v in zip(ep.graph_signature.output_specs, out, strict=True):
+        if spec.kind != OutputKind.USER_OUTPUT:
+            continue
+        for leaf in tree_leaves(v):
+            if isinstance(leaf, Value):
+                outs.append(leaf)
+            else:
+                logger.warning("output %s is not a tensor (%r); it is dropped", spec.arg, leaf)
+    finish(g, outs)
+    return g
+
+
+def _get_attr(root: torch.nn.Module, target: str) -> Any:
+    obj: Any = root
+    for p in target.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+def finish(g: Graph, outputs: list[Value]) -> None:
+    """Sets the outputs, drops unused constants and verifies."""
+    g.set_outputs(outputs)
+    for v in list(g.constants.values()):
+        if not v.uses() and all(v is not o for o in outputs):
+            g.remove_constant(v)
+    g.verify()
