@@ -16,6 +16,8 @@ from slimfx.ir.ops import OpDef, Trait, register_op
 from slimfx.ir.shapes import broadcast, conv_out, norm_axis, pool_out, promote
 from slimfx.ir.types import TensorType
 
+__all__: list[str] = []  # importing this module registers the built-in ops
+
 T = Trait
 Types = Sequence[TensorType]
 Attrs = Mapping[str, Any]
