@@ -1,0 +1,292 @@
+"""``prune-channels``: structured pruning over channel dependency groups.
+
+1. :func:`~slimfx.passes.prune.dependency.analyze_channels` finds the groups;
+2. each unit (channel or head) gets an importance summed over its group's
+   members (:mod:`~slimfx.passes.prune.importance`);
+3. the plan picks the least important units: ``scope=uniform`` removes
+   ``ratio`` of every group, ``scope=global`` ranks units of all groups together
+   after dividing each group's scores by the group mean; kept counts are rounded
+   up so that every group keeps a multiple of ``round_to`` channels (and at least
+   ``round_to``), blocked units are never removed;
+4. the graph is rewritten: every sliced constant is cut with ``index_select``,
+   node attributes follow (depthwise ``groups``, ``group_norm`` groups, reshape
+   and expand shapes, split sizes, slice bounds) and result types are inferred
+   again.
+
+Semantics: the pruned graph computes exactly what the original computes when
+the removed channels are zeroed where they are consumed, i.e. when the input
+columns of the next convolution / linear layer for those channels are zero
+(:func:`mask_channel_plan` builds that graph). Outputs are never pruned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from slimfx.errors import PruningError
+from slimfx.ir.core import Graph, Node
+from slimfx.ir.shapes import norm_axis
+from slimfx.passes.base import Pass, PassResult
+from slimfx.passes.context import PassContext
+from slimfx.passes.prune.dependency import ChannelDeps, analyze_channels
+from slimfx.passes.prune.importance import Scorer, get_scorer, unit_importance
+from slimfx.passes.registry import register_pass
+
+__all__ = ["ChannelPlan", "plan_channel_pruning", "apply_channel_plan", "mask_channel_plan",
+           "prune_channels", "PruneChannels"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """Which root atoms of ``deps`` go; apply it with :func:`apply_channel_plan`."""
+
+    deps: ChannelDeps
+    pruned: frozenset[int]
+
+    def summary(self) -> str:
+        """One line per group that loses channels."""
+        lines = []
+        for g in self.deps.groups:
+            n = sum(1 for a in g.atoms if a in self.pruned)
+            if n:
+                lines.append(f"group {g.id}: {len(g.atoms) - n}/{len(g.atoms)} units kept "
+                             f"({', '.join(g.members[:3])})")
+        return "\n".join(lines)
+
+
+def _check_names(graph: Graph, names: Iterable[str]) -> tuple[str, ...]:
+    names = tuple(names)
+    known = {n.name for n in graph.nodes}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise PruningError(f"prune-channels: no node named {', '.join(map(repr, missing))} "
+                           "to protect; use the result names printed by print(graph)")
+    return names
+
+
+def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
+                         importance: str | Scorer = "l1",
+                         scope: Literal["global", "uniform"] = "global", round_to: int = 1,
+                         protect: Sequence[str] = (),
+                         deps: ChannelDeps | None = None) -> ChannelPlan:
+    """Chooses the units to remove; see the module docstring.
+
+    Raises:
+        PruningError: ``ratio`` outside [0, 1), an unknown protected name, an
+            unknown importance or scope, or nothing left that may be pruned.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise PruningError(f"prune-channels: ratio={ratio} must lie in [0, 1)")
+    if round_to < 1:
+        raise PruningError(f"prune-channels: round_to={round_to} must be >= 1")
+    if scope not in ("global", "uniform"):
+        raise PruningError(f"prune-channels: scope={scope!r}; choose global or uniform")
+    scorer = get_scorer(importance)
+    protect = _check_names(graph, protect)
+    if deps is None or protect:
+        deps = analyze_channels(graph, protect=protect)
+    groups = deps.prunable_groups
+    if not groups:
+        reasons = sorted({g.excluded for g in deps.groups if g.excluded})[:5]
+        raise PruningError("prune-channels: every channel is protected or excluded, nothing "
+                           "can be pruned" + (": " + "; ".join(reasons) if reasons else "")
+                           + ". Unprotect layers or check the table of analyze_channels(graph)")
+    scores = unit_importance(graph, deps, scorer)
+    targets: dict[int, int] = {}  # group id -> units to prune before rounding
+    if scope == "uniform":
+        for g in groups:
+            targets[g.id] = int(math.floor(ratio * len(g.atoms)))
+    else:
+        ranked: list[tuple[float, int, int]] = []
+        total = 0
+        for g in groups:
+            vals = [scores[a] for a in g.prunable if a in scores]
+            mean = sum(vals) / len(vals) if vals else 0.0
+            total += len(g.atoms) * g.width
+            for a in g.prunable:
+                if a in scores:
+                    ranked.append((scores[a] / mean if mean > 0 else 0.0, g.id, g.width))
+        ranked.sort(key=lambda t: t[0])
+        budget = ratio * total
+        for _, gid, width in ranked:
+            if budget < width:
+                break
+            targets[gid] = targets.get(gid, 0) + 1
+            budget -= width
+    pruned: set[int] = set()
+    for g in groups:
+        cands = sorted((a for a in g.prunable if a in scores), key=lambda a: scores[a])
+        if not cands:
+            log.info("prune-channels: group %d has no importance score; kept", g.id)
+            continue
+        step = round_to // math.gcd(round_to, g.width)
+        n = len(g.atoms)
+        if n <= step:
+            continue
+        keep = n - targets.get(g.id, 0)
+        keep = min(n, max(step, math.ceil(keep / step) * step))
+        pruned.update(cands[:min(n - keep, len(cands))])
+    _keep_every_value_alive(deps, pruned, scores)
+    return ChannelPlan(deps, frozenset(pruned))
+
+
+def _keep_every_value_alive(deps: ChannelDeps, pruned: set[int], scores: dict[int, float]) -> None:
+    """Restores the best unit of any value that would lose all its channels (a split part)."""
+    for name in deps.dims:
+        roots = deps.roots(name)
+        if roots and all(r in pruned for r in roots):
+            best = max(set(roots), key=lambda r: scores.get(r, 0.0))
+            pruned.discard(best)
+            log.info("prune-channels: keeping one unit of %%%s so it is not emptied", name)
+
+
+def apply_channel_plan(graph: Graph, plan: ChannelPlan) -> Graph:
+    """Returns a new graph with the planned channels physically removed."""
+    g = graph.clone()
+    deps, pruned = plan.deps, plan.pruned
+    if not pruned:
+        return g
+    done: set[tuple[str, int]] = set()
+    for s in deps.slices:
+        keep = deps.kept_positions(s.value, pruned)
+        if keep is None or (s.const, s.axis) in done:
+            continue
+        done.add((s.const, s.axis))
+        v = g.constants[s.const]
+        assert v.const is not None
+        idx = torch.tensor(keep, dtype=torch.long)
+        v.const = v.const.index_select(s.axis, idx)
+        if v.mask is not None:
+            v.mask = v.mask.index_select(s.axis, idx)
+        v.type = v.type.with_shape(tuple(v.const.shape))
+    for node in g.nodes:
+        _fix_attrs(node, deps, pruned)
+        if node.op.infer is not None:
+            types = node.op.infer([v.type for v in node.inputs], node.attrs)
+            for o, t in zip(node.outputs, types, strict=True):
+                o.type = t
+    return g
+
+
+def _fix_attrs(node: Node, deps: ChannelDeps, pruned: frozenset[int]) -> None:
+    def size(name: str) -> int | None:
+        keep = deps.kept_positions(name, pruned)
+        return None if keep is None else len(keep)
+
+    op, out = node.op.name, node.outputs[0]
+    if op in ("conv1d", "conv2d") and node.attrs["groups"] > 1:
+        n = size(out.name)
+        if n is not None:
+            node.set_attrs(groups=n)
+    elif op == "group_norm":
+        n = size(out.name)
+        if n is not None:
+            per = out.type.shape[1] // node.attrs["num_groups"]
+            node.set_attrs(num_groups=n // per)
+    elif op in ("reshape", "expand"):
+        d, n = deps.dims.get(out.name), size(out.name)
+        if d is not None and n is not None:
+            shape = list(out.type.shape)
+            shape[d.axis] = n
+            node.set_attrs(shape=shape)
+    elif op == "split":
+        sizes = [size(o.name) for o in node.outputs]
+        if any(s is not None for s in sizes):
+            node.set_attrs(sizes=[o.type.shape[node.attrs["axis"]] if s is None else s
+                                  for s, o in zip(sizes, node.outputs, strict=True)])
+    elif op == "slice":
+        x = node.inputs[0]
+        d, keep = deps.dims.get(x.name), deps.kept_positions(x.name, pruned)
+        ax = norm_axis(node.attrs["axis"], x.type.rank)
+        if d is not None and keep is not None and d.axis == ax:
+            start, end, _ = slice(node.attrs["start"], node.attrs["end"]).indices(len(d.atoms))
+            node.set_attrs(start=sum(1 for k in keep if k < start),
+                           end=sum(1 for k in keep if k < end))
+
+
+def mask_channel_plan(graph: Graph, plan: ChannelPlan) -> Graph:
+    """The original graph with the planned channels zeroed at their consumers.
+
+    The input columns of every convolution / linear layer that reads a removed
+    channel are set to zero; :func:`apply_channel_plan` must compute the same.
+    """
+    g = graph.clone()
+    for s in plan.deps.slices:
+        if s.role != "in":
+            continue
+        keep = plan.deps.kept_positions(s.value, plan.pruned)
+        if keep is None:
+            continue
+        v = g.constants[s.const]
+        assert v.const is not None
+        drop = sorted(set(range(v.const.shape[s.axis])) - set(keep))
+        t = v.const.clone()
+        t.index_fill_(s.axis, torch.tensor(drop, dtype=torch.long), 0.0)
+        v.const = t
+    return g
+
+
+def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer = "l1",
+                   scope: Literal["global", "uniform"] = "global", round_to: int = 1,
+                   protect: Sequence[str] = ()) -> Graph:
+    """Removes ``ratio`` of the prunable channels; returns a new, verified graph.
+
+    Args:
+        graph: the float graph (not modified).
+        ratio: share of channels (of prunable groups) to remove, in [0, 1).
+        importance: ``l1``, ``l2``, ``bn-scale`` or a callable
+            ``fn(role, const_name, matrix[positions, rest]) -> Tensor[positions] | None``.
+        scope: ``global`` (one ranking over all groups) or ``uniform`` (per group).
+        round_to: every pruned group keeps a multiple of this many channels.
+        protect: node names whose input and output channels are kept.
+
+    Raises:
+        PruningError: see :func:`plan_channel_pruning`.
+    """
+    plan = plan_channel_pruning(graph, ratio, importance=importance, scope=scope,
+                                round_to=round_to, protect=protect)
+    out = apply_channel_plan(graph, plan)
+    out.verify()
+    return out
+
+
+@register_pass
+@dataclass(frozen=True)
+class PruneChannels(Pass):
+    """Structured channel pruning over dependency groups (slices weights physically).
+
+    Attributes:
+        ratio: share of prunable channels to remove, in [0, 1).
+        importance: l1, l2 or bn-scale.
+        scope: global or uniform.
+        round_to: keep a multiple of this many channels per group.
+        protect: node names whose channels are kept.
+    """
+
+    name = "prune-channels"
+    ratio: float = 0.5
+    importance: Literal["l1", "l2", "bn-scale"] = "l1"
+    scope: Literal["global", "uniform"] = "global"
+    round_to: int = 16
+    protect: tuple[str, ...] = ()
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        from slimfx.passes.prune.dependency import ChannelDependencyAnalysis
+
+        deps: ChannelDeps | None = None
+        if not self.protect:
+            deps = ctx.analysis(graph, ChannelDependencyAnalysis)  # type: ignore[assignment]
+        plan = plan_channel_pruning(graph, self.ratio, importance=self.importance,
+                                    scope=self.scope, round_to=self.round_to,
+                                    protect=self.protect, deps=deps)
+        if not plan.pruned:
+            return PassResult(graph, False)
+        return PassResult(apply_channel_plan(graph, plan), True)
