@@ -140,3 +140,16 @@ def test_unique_names() -> None:
     b = g.add_input("x", TensorType((1,)))
     c = g.add_input("a/b c", TensorType((1,)))
     assert (a.name, b.name, c.name) == ("x", "x_1", "a_b_c")
+
+
+def test_to_torch_trains_weights_but_not_batchnorm_statistics() -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 4, 3, 3)))
+    consts = [g.add_constant(t, n) for t, n in (
+        (torch.zeros(4), "bn.running_mean"), (torch.ones(4), "bn.running_var"),
+        (torch.ones(4), "bn.weight"), (torch.zeros(4), "bn.bias"))]
+    g.set_outputs([g.add("batch_norm", [x, *consts])])
+    m = slimfx.to_torch(g)
+    assert sorted(n for n, _ in m.named_parameters()) == ["bn.bias", "bn.weight"]
+    m(torch.randn(2, 4, 3, 3)).sum().backward()
+    assert m.bn.weight.grad is not None

@@ -90,14 +90,17 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
     names: dict[str, str] = {}
     for v in graph.inputs:
         env[id(v)] = g.placeholder(_fx_name(v.name))
+    # Running statistics of batch norm are state, not parameters to train.
+    stats = {id(n.inputs[i]) for n in graph.nodes if n.op.name == "batch_norm" for i in (1, 2)}
     for v in graph.constants.values():
         assert v.const is not None
-        path = _attach(root, v.name, v.const, trainable)
+        train = trainable and id(v) not in stats
+        path = _attach(root, v.name, v.const, train)
         if path is None:
             path = "_c_" + re.sub(r"\W", "_", v.name)
             while hasattr(root, path):
                 path += "_"
-            _attach(root, path, v.const, trainable)
+            _attach(root, path, v.const, train)
         names[v.name] = path
         env[id(v)] = g.get_attr(path)
     for node in graph.nodes:
