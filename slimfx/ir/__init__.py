@@ -6,6 +6,7 @@ See DESIGN.md §2. Importing this package registers the built-in ops.
 from __future__ import annotations
 
 from slimfx.ir import opset as _opset  # noqa: F401  (registers built-in ops)
+from slimfx.ir import opset_quant as _opset_quant  # noqa: F401  (quantization ops)
 from slimfx.ir.core import Graph, Node, Source, Use, Value
 from slimfx.ir.ops import AttrDef, Attrs, OpDef, Trait, all_ops, get_op, has_op, register_op
 from slimfx.ir.parser import parse

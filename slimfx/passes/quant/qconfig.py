@@ -1,0 +1,206 @@
+"""Quantization configuration: which nodes are quantized, and how.
+
+A :class:`QScheme` says how one tensor is quantized (dtype and range,
+symmetric or affine, per tensor or per channel, which observer picks the range).
+An :class:`OpQConfig` pairs the activation and weight schemes of one node. A
+:class:`QConfig` maps nodes to an ``OpQConfig`` (or to ``None``: kept float):
+
+1. ``exclude`` (regexes on node names / module paths) and ``exclude_ops`` win;
+2. then the first ``by_name`` regex that matches the node;
+3. then ``by_op`` (op name);
+4. then ``default``.
+
+Regexes are ``re.fullmatch``-ed against the node name (``%name``) and its source
+module path (``layer1.0.conv1``). A name regex that matches no node is an error:
+it is almost always a typo.
+
+Presets (:meth:`QConfig.preset`): ``x86`` and ``arm`` both use symmetric int8
+weights per output channel in ``[-127, 127]`` and affine int8 activations per
+tensor in ``[-128, 127]`` (what TVM consumes directly); the slimfx integer program
+accumulates in int32 exactly, so x86 needs no ``reduce_range`` trick and both
+presets are currently the same.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from slimfx.errors import QuantizationError
+from slimfx.ir.core import Graph, Node
+from slimfx.ir.ops import has_op
+
+__all__ = ["QScheme", "OpQConfig", "QConfig", "INTEGER_OPS", "PASSTHROUGH_OPS"]
+
+ObserverKind = Literal["minmax", "moving_average", "histogram"]
+RangeMethod = Literal["minmax", "percentile", "entropy", "mse"]
+
+# Ops that convert-int8 can turn into integer ops.
+INTEGER_OPS = frozenset({"conv1d", "conv2d", "linear", "matmul", "add", "mul", "cat",
+                         "avg_pool2d", "adaptive_avg_pool2d"})
+# Ops that commute with a per-tensor dequantize: they run on int8 directly and
+# share the quantization parameters of their input.
+PASSTHROUGH_OPS = frozenset({"max_pool1d", "max_pool2d", "reshape", "permute", "slice",
+                             "select", "expand", "identity", "dropout"})
+
+
+@dataclass(frozen=True)
+class QScheme:
+    """How one tensor is quantized.
+
+    Attributes:
+        dtype: integer dtype name (``i8`` or ``u8``).
+        qmin, qmax: the integer range.
+        symmetric: zero point fixed at the middle of the range (0 for int8).
+        per_channel: one scale per channel of ``axis`` (weights: output channels).
+        observer: how statistics are gathered.
+        method: range choice of a histogram observer.
+        percentile: for ``method="percentile"``, the upper percentile kept (the
+            lower one is ``100 - percentile``).
+        averaging_constant: weight of a new batch for the moving-average observer.
+        bins: histogram bins (a multiple of 4).
+    """
+
+    dtype: str = "i8"
+    qmin: int = -128
+    qmax: int = 127
+    symmetric: bool = False
+    per_channel: bool = False
+    observer: ObserverKind = "minmax"
+    method: RangeMethod = "minmax"
+    percentile: float = 99.99
+    averaging_constant: float = 0.01
+    bins: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("i8", "u8"):
+            raise QuantizationError(f"QScheme: dtype {self.dtype!r} is not supported; use i8 "
+                                    "or u8")
+        if self.qmin >= self.qmax:
+            raise QuantizationError(f"QScheme: qmin {self.qmin} must be below qmax {self.qmax}")
+        if self.observer == "histogram" and self.method == "minmax":
+            object.__setattr__(self, "method", "percentile")
+        if self.observer != "histogram" and self.method != "minmax":
+            raise QuantizationError(f"QScheme: method {self.method!r} needs "
+                                    "observer='histogram'")
+        if self.observer == "histogram" and self.per_channel:
+            raise QuantizationError("QScheme: histogram observers are per tensor; use "
+                                    "observer='minmax' for per-channel tensors")
+        if self.bins % 4 or self.bins < 16:
+            raise QuantizationError(f"QScheme: bins must be a multiple of 4 >= 16, got "
+                                    f"{self.bins}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise QuantizationError(f"QScheme: percentile must lie in (50, 100], got "
+                                    f"{self.percentile}")
+
+
+ACT_INT8 = QScheme()
+WEIGHT_INT8 = QScheme(qmin=-127, qmax=127, symmetric=True, per_channel=True)
+
+
+@dataclass(frozen=True)
+class OpQConfig:
+    """The schemes of one node: its activations (inputs and output) and its weight."""
+
+    activation: QScheme = ACT_INT8
+    weight: QScheme = WEIGHT_INT8
+
+
+@dataclass(frozen=True)
+class QConfig:
+    """Maps graph nodes to an :class:`OpQConfig` or ``None`` (kept float).
+
+    Args:
+        default: the config of every quantizable node not matched otherwise
+            (``None``: only nodes named in ``by_op``/``by_name`` are quantized).
+        by_op: op name -> config (``None`` keeps that op float).
+        by_name: regex on node name or module path -> config (``None``: float).
+        exclude: regexes of nodes kept float.
+        exclude_ops: op names kept float.
+    """
+
+    default: OpQConfig | None = field(default_factory=OpQConfig)
+    by_op: tuple[tuple[str, OpQConfig | None], ...] = ()
+    by_name: tuple[tuple[str, OpQConfig | None], ...] = ()
+    exclude: tuple[str, ...] = ()
+    exclude_ops: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for attr in ("by_op", "by_name"):
+            value = getattr(self, attr)
+            if isinstance(value, Mapping):
+                object.__setattr__(self, attr, tuple(value.items()))
+        for attr in ("exclude", "exclude_ops"):
+            value = getattr(self, attr)
+            object.__setattr__(self, attr, (value,) if isinstance(value, str) else tuple(value))
+        for op in [o for o, _ in self.by_op] + list(self.exclude_ops):
+            if not has_op(op):
+                raise QuantizationError(f"QConfig names op {op!r}, which is not a registered "
+                                        "op; check the spelling (e.g. 'conv2d', 'linear')")
+        for pattern in [p for p, _ in self.by_name] + list(self.exclude):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise QuantizationError(f"QConfig: bad name regex {pattern!r}: {e}") from e
+
+    @classmethod
+    def preset(cls, name: str = "x86", *, symmetric_activations: bool = False,
+               activation_observer: ObserverKind = "minmax",
+               method: RangeMethod = "minmax", per_channel_weights: bool = True,
+               exclude: Iterable[str] = (), exclude_ops: Iterable[str] = ()) -> QConfig:
+        """The ``x86`` / ``arm`` presets (see the module docstring).
+
+        Args:
+            name: ``x86`` or ``arm``.
+            symmetric_activations: symmetric int8 activations (zero point 0).
+            activation_observer: observer kind of activations.
+            method: histogram range choice (``percentile``, ``entropy``, ``mse``).
+            per_channel_weights: per-output-channel weight scales (else per tensor).
+            exclude, exclude_ops: kept float.
+        """
+        if name not in ("x86", "arm"):
+            raise QuantizationError(f"unknown QConfig preset {name!r}; known: x86, arm")
+        act = QScheme(symmetric=symmetric_activations, observer=activation_observer,
+                      method=method)
+        weight = replace(WEIGHT_INT8, per_channel=per_channel_weights)
+        return cls(OpQConfig(act, weight), exclude=tuple(exclude), exclude_ops=tuple(exclude_ops))
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self, graph: Graph) -> dict[Node, OpQConfig]:
+        """The config of every node that will be quantized (integer-capable ops only).
+
+        Raises:
+            QuantizationError: a name regex matches no node of the graph.
+        """
+        nodes = list(graph.nodes)
+        for pattern in [p for p, _ in self.by_name] + list(self.exclude):
+            if not any(_matches(pattern, n) for n in nodes):
+                known = ", ".join(sorted({n.name for n in nodes if n.op.name in INTEGER_OPS}))
+                raise QuantizationError(
+                    f"QConfig names {pattern!r}, which matches no node of graph @{graph.name}; "
+                    f"quantizable nodes are: {known}")
+        out: dict[Node, OpQConfig] = {}
+        for n in nodes:
+            cfg = self.config_of(n)
+            if cfg is not None and n.op.name in INTEGER_OPS:
+                out[n] = cfg
+        return out
+
+    def config_of(self, node: Node) -> OpQConfig | None:
+        """The config of one node by the precedence rules of the module docstring."""
+        if node.op.name in self.exclude_ops or any(_matches(p, node) for p in self.exclude):
+            return None
+        for pattern, cfg in self.by_name:
+            if _matches(pattern, node):
+                return cfg
+        for op, cfg in self.by_op:
+            if op == node.op.name:
+                return cfg
+        return self.default
+
+
+def _matches(pattern: str, node: Node) -> bool:
+    names = [o.name for o in node.outputs] + ([node.source.module] if node.source.module else [])
+    return any(re.fullmatch(pattern, s) for s in names)

@@ -1,0 +1,137 @@
+"""``quantize-dequantize``: calibrated observers -> quantize/dequantize pairs (the QDQ form).
+
+Each ``observer`` becomes ``dequantize(quantize(x))`` with the parameters of its
+range (``observers.qparams_from_range``); the ``quantize`` result carries them
+in ``Value.qparams`` too. An observer of a constant (a weight) is folded: the
+constant is quantized ahead of time into an int8 constant (per output channel
+for weights) followed by a ``dequantize``; its range comes from the constant
+itself, so weights need no calibration.
+
+Then every op of ``PASSTHROUGH_OPS`` whose input is a per-tensor ``dequantize``
+is moved across it: ``op(dequantize(q)) == dequantize(op(q))`` exactly, since
+those ops only move or select values (max-pool: the dequantize is increasing).
+
+The QDQ graph computes the simulated-quantization result in float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slimfx.backends.torch.kernels import KERNELS
+from slimfx.errors import QuantizationError
+from slimfx.ir.core import Graph, Node
+from slimfx.ir.types import QParams
+from slimfx.passes.base import Pass, PassResult
+from slimfx.passes.context import PassContext
+from slimfx.passes.quant.observers import qparams_from_range
+from slimfx.passes.quant.qconfig import PASSTHROUGH_OPS
+from slimfx.passes.registry import register_pass
+
+__all__ = ["QuantizeDequantize", "to_qdq", "observer_qparams", "qparams_attrs", "attrs_qparams"]
+
+
+def qparams_attrs(qp: QParams) -> dict:
+    """The ``quantize``/``dequantize`` attributes spelling ``qp``."""
+    return dict(dtype=qp.dtype, scale=qp.scale, zero_point=qp.zero_point, axis=qp.axis,
+                qmin=qp.qmin, qmax=qp.qmax)
+
+
+def attrs_qparams(node: Node) -> QParams:
+    """The QParams spelled by a ``quantize``/``dequantize`` node's attributes."""
+    a = node.attrs
+    return QParams(a["dtype"], a["scale"], a["zero_point"], a["axis"], a["qmin"], a["qmax"])
+
+
+def observer_qparams(node: Node) -> QParams:
+    """Quantization parameters of a calibrated observer (or of one watching a constant).
+
+    Raises:
+        QuantizationError: the observer has no statistics (not calibrated).
+    """
+    a = node.attrs
+    x = node.inputs[0]
+    if x.is_const:
+        assert x.const is not None
+        c = x.const.detach().to(torch.float32)
+        if a["axis"] is None:
+            lo, hi = [float(c.min())], [float(c.max())]
+        else:
+            flat = c.movedim(a["axis"], 0).reshape(c.shape[a["axis"]], -1)
+            lo, hi = flat.amin(1).tolist(), flat.amax(1).tolist()
+    elif a["min_val"] is None or a["max_val"] is None:
+        raise QuantizationError(
+            f"{node.describe()}: the observer has no statistics; run "
+            "slimfx.calibrate(graph, data) before converting (or use slimfx.quantize)")
+    else:
+        lo, hi = list(a["min_val"]), list(a["max_val"])
+    return qparams_from_range(lo, hi, dtype=a["dtype"], qmin=a["qmin"], qmax=a["qmax"],
+                              symmetric=a["symmetric"], axis=a["axis"])
+
+
+def to_qdq(graph: Graph) -> int:
+    """Rewrites every observer in place (see the module docstring); returns how many."""
+    count = 0
+    for node in list(graph.nodes):
+        if node.op.name != "observer":
+            continue
+        qp = observer_qparams(node)
+        x, y = node.inputs[0], node.output
+        attrs = qparams_attrs(qp)
+        with graph.inserting_before(node):
+            if x.is_const:
+                q_tensor = KERNELS["quantize"](x.const, **attrs)
+                q = graph.add_constant(q_tensor, f"{x.name}.q", qparams=qp)
+            else:
+                q = graph.add("quantize", [x], attrs, name=f"{x.name}.q", source=node.source)
+                q.qparams = qp
+            d = graph.add("dequantize", [q], attrs, name=f"{x.name}.dq", source=node.source)
+        graph.replace_all_uses_with(y, d)
+        graph.erase(node)
+        if x.is_const and not x.uses() and x not in graph.outputs:
+            graph.remove_constant(x)
+        count += 1
+    _hoist_passthrough(graph)
+    return count
+
+
+def _hoist_passthrough(graph: Graph) -> None:
+    for node in list(graph.nodes):
+        if node.op.name not in PASSTHROUGH_OPS or len(node.outputs) != 1:
+            continue
+        d = node.inputs[0].producer
+        if d is None or d.op.name != "dequantize" or d.attrs["axis"] is not None:
+            continue
+        with graph.inserting_before(node):
+            moved = graph.add(node.op, [d.inputs[0]], dict(node.attrs), name=node.name,
+                              source=node.source)
+            moved.qparams = d.inputs[0].qparams
+            nd = graph.add("dequantize", [moved], dict(d.attrs), name=f"{node.name}.dq",
+                           source=node.source)
+        graph.replace_all_uses_with(node.output, nd)
+        name = node.name
+        graph.erase(node)
+        graph.rename(moved, name)
+        if not d.output.uses() and d.output not in graph.outputs:
+            graph.erase(d)
+
+
+def check_no_observers_left(graph: Graph) -> None:
+    """Raises if the graph is not in QDQ form yet."""
+    left = graph.find("observer")
+    if left:
+        raise QuantizationError(f"{left[0].describe()}: observers left; run "
+                                "'quantize-dequantize' first")
+
+
+@register_pass
+@dataclass(frozen=True)
+class QuantizeDequantize(Pass):
+    """Turns calibrated observers into quantize/dequantize pairs (simulated int8)."""
+
+    name = "quantize-dequantize"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(graph, to_qdq(graph) > 0)
