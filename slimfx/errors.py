@@ -20,6 +20,7 @@ __all__ = [
     "PruningError",
     "ArtifactError",
     "RuntimeInputError",
+    "DeviceError",
 ]
 
 
@@ -73,3 +74,7 @@ class ArtifactError(SlimfxError):
 
 class RuntimeInputError(SlimfxError):
     """Inputs given to a compiled model do not match its signature."""
+
+
+class DeviceError(SlimfxError):
+    """A compiled model could not be built for or run on its device (qemu, RPC, GPU)."""

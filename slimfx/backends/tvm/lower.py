@@ -1,0 +1,242 @@
+"""IR -> TVM Relax: the lowering registry and the driver.
+
+Every IR op is lowered by one function registered with :func:`register_lowering`:
+it receives a :class:`LowerContext` (the ``BlockBuilder``, the node, helpers for
+constants) and the Relax expressions of the node's operands, and returns the
+Relax expression of the result (or a sequence, one per result of a multi-result
+op). Users register lowerings for their own ops the same way::
+
+    @register_lowering("my_op")
+    def _my_op(ctx, node, x):
+        return relax.op.multiply(x, ctx.scalar(2.0, node.outputs[0].dtype))
+
+Graph inputs become the parameters of ``main`` (named like the inputs);
+constants become Relax constants, so TVM can fold and pre-pack weights; a
+graph with several outputs returns a tuple. Every node without a lowering
+(opaque nodes included) is reported at once in one :class:`LoweringError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from slimfx.errors import LoweringError
+from slimfx.ir.core import Graph, Node, Value
+
+__all__ = ["LowerContext", "register_lowering", "has_lowering", "lower_graph", "to_tvm_dtype"]
+
+logger = logging.getLogger(__name__)
+
+Lowering = Callable[..., Any]
+_LOWERINGS: dict[str, Lowering] = {}
+
+_TVM_DTYPES = {
+    "f64": "float64", "f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
+    "i32": "int32", "i16": "int16", "i8": "int8", "u8": "uint8", "bool": "bool",
+}
+
+
+def to_tvm_dtype(dtype: str) -> str:
+    """The TVM dtype string of an IR dtype such as ``"f32"``.
+
+    Raises:
+        LoweringError: the dtype has no TVM counterpart (complex numbers).
+    """
+    try:
+        return _TVM_DTYPES[dtype]
+    except KeyError:
+        raise LoweringError(f"dtype {dtype!r} has no TVM lowering; known: "
+                            f"{sorted(_TVM_DTYPES)}") from None
+
+
+def register_lowering(op: str, *, override: bool = False) -> Callable[[Lowering], Lowering]:
+    """Decorator registering the Relax lowering of IR op ``op``.
+
+    The function is called as ``fn(ctx, node, *operands)`` where ``operands``
+    are Relax expressions; it returns one Relax expression, or a sequence of
+    them for a multi-result op. Attributes are read from ``node.attrs``.
+    """
+    def deco(fn: Lowering) -> Lowering:
+        if op in _LOWERINGS and not override:
+            raise ValueError(f"a TVM lowering for {op!r} is already registered "
+                             "(pass override=True)")
+        _LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def has_lowering(op: str) -> bool:
+    """Whether op ``op`` has a registered Relax lowering."""
+    _ensure_builtin()
+    return op in _LOWERINGS
+
+
+class LowerContext:
+    """What a lowering function may use: the block builder and constant helpers."""
+
+    __slots__ = ("bb",)
+
+    def __init__(self, bb: relax.BlockBuilder) -> None:
+        self.bb = bb
+
+    def emit(self, expr: relax.Expr) -> relax.Var:
+        """Emits ``expr`` into the current dataflow block and returns its variable."""
+        return self.bb.emit(expr)
+
+    def const(self, array: Any, dtype: str) -> relax.Expr:
+        """A Relax constant from a numpy array / scalar; ``dtype`` is a TVM dtype string."""
+        return relax.const(np.asarray(array, dtype=dtype), dtype)
+
+    def scalar(self, value: float | int | bool, dtype: str) -> relax.Expr:
+        """A 0-d constant; ``dtype`` may be an IR (``f32``) or a TVM (``float32``) dtype."""
+        dtype = _TVM_DTYPES.get(dtype, dtype)
+        return relax.const(np.asarray(value, dtype=dtype), dtype)
+
+    @staticmethod
+    def dtype_of(expr: relax.Expr) -> str:
+        """The TVM dtype string of a tensor expression."""
+        return str(expr.ty.dtype)
+
+    @staticmethod
+    def shape_of(expr: relax.Expr) -> tuple[int, ...]:
+        """The static shape of a tensor expression."""
+        return tuple(int(d) for d in expr.ty.shape)
+
+    def cast(self, expr: relax.Expr, dtype: str) -> relax.Expr:
+        """``expr`` converted to ``dtype`` (IR or TVM name); unchanged when already there.
+
+        Constants are converted here, in numpy, rather than by a Relax op.
+        """
+        dtype = _TVM_DTYPES.get(dtype, dtype)
+        if self.dtype_of(expr) == dtype:
+            return expr
+        if isinstance(expr, tvm.ir.expr.Constant) and "bfloat" not in dtype + self.dtype_of(expr):
+            return self.const(expr.value.numpy().astype(dtype), dtype)
+        return self.emit(relax.op.astype(expr, dtype))
+
+    def permute(self, expr: relax.Expr, axes: Sequence[int]) -> relax.Expr:
+        """``permute_dims(expr, axes)``; a constant is transposed here, in numpy.
+
+        Constant folding would compile one TVM kernel per transposed weight, which is slow
+        for models with many layers (or unrolled RNN steps).
+        """
+        if isinstance(expr, tvm.ir.expr.Constant) and "bfloat" not in self.dtype_of(expr):
+            data = expr.value.numpy()
+            return self.const(np.ascontiguousarray(data.transpose(list(axes))), str(data.dtype))
+        return self.emit(relax.op.permute_dims(expr, list(axes)))
+
+
+def _ensure_builtin() -> None:
+    # Importing the lowering modules registers the built-in lowerings.
+    from slimfx.backends.tvm import (  # noqa: F401
+        lower_elementwise,
+        lower_int8,
+        lower_nn,
+        lower_rnn,
+        lower_shape,
+    )
+
+
+def _unsupported(graph: Graph) -> list[Node]:
+    return [n for n in graph.nodes if n.op.name not in _LOWERINGS]
+
+
+def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
+    """Lowers ``graph`` to a Relax ``IRModule`` whose function ``func_name`` runs it.
+
+    Raises:
+        LoweringError: some nodes have no lowering (all are listed, with their
+            source lines), or a lowering refused a node's attributes.
+    """
+    _ensure_builtin()
+    missing = _unsupported(graph)
+    if missing:
+        lines = "\n".join(f"  {n.describe()}" for n in missing)
+        raise LoweringError(
+            f"{len(missing)} node(s) of graph {graph.name!r} cannot be lowered to TVM:\n{lines}\n"
+            "Rewrite them into built-in ops, run them with slimfx.to_torch, or register a "
+            "lowering with slimfx.backends.tvm.register_lowering(op).")
+    for v in [*graph.inputs, *graph.outputs]:
+        to_tvm_dtype(v.dtype)
+
+    bb = relax.BlockBuilder()
+    ctx = LowerContext(bb)
+    params = [relax.Var(_param_name(v), relax.TensorType(v.shape, to_tvm_dtype(v.dtype)))
+              for v in graph.inputs]
+    env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
+    with bb.function(func_name, params):
+        with bb.dataflow():
+            for node in graph.nodes:
+                _lower_node(ctx, node, env)
+            outs = [_lookup(ctx, env, v) for v in graph.outputs]
+            result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+            gv = bb.emit_output(result)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def _param_name(v: Value) -> str:
+    return v.name.replace(".", "_")
+
+
+def _lookup(ctx: LowerContext, env: dict[int, relax.Expr], v: Value) -> relax.Expr:
+    expr = env.get(id(v))
+    if expr is None:
+        if v.const is None:
+            raise LoweringError(f"value %{v.name} is used before it is defined; run "
+                                "graph.verify() to find the broken edge")
+        tensor = v.const.detach().cpu().contiguous()
+        expr = ctx.const(tensor.numpy(), to_tvm_dtype(v.dtype))
+        env[id(v)] = expr
+    return expr
+
+
+def _lower_node(ctx: LowerContext, node: Node, env: dict[int, relax.Expr]) -> None:
+    fn = _LOWERINGS[node.op.name]
+    args = [_lookup(ctx, env, v) for v in node.inputs]
+    try:
+        result = fn(ctx, node, *args)
+    except LoweringError as e:
+        raise LoweringError(f"{node.describe()}: {e}") from e
+    except (tvm.TVMError, ValueError, TypeError, IndexError) as e:
+        raise LoweringError(
+            f"{node.describe()}: the TVM lowering of {node.op.name!r} failed: {e}. "
+            "Check the node's attributes against the op definition, or report this as a "
+            "bug with the graph's text form.") from e
+    results = list(result) if isinstance(result, (list, tuple)) else [result]
+    if len(results) != len(node.outputs):
+        raise LoweringError(f"{node.describe()}: the lowering returned {len(results)} results, "
+                            f"the node has {len(node.outputs)}")
+    for out, expr in zip(node.outputs, results, strict=True):
+        if not isinstance(expr, (relax.Var, tvm.ir.expr.Constant)):
+            expr = ctx.emit(expr)
+        _check_type(node, out, ctx, expr)
+        env[id(out)] = expr
+
+
+def _check_type(node: Node, out: Value, ctx: LowerContext, expr: relax.Expr) -> None:
+    shape, dtype = ctx.shape_of(expr), ctx.dtype_of(expr)
+    want = (tuple(out.shape), to_tvm_dtype(out.dtype))
+    if (shape, dtype) != want:
+        raise LoweringError(f"{node.describe()}: the lowering of {node.op.name!r} produced "
+                            f"{dtype}{list(shape)} for %{out.name}, the IR says "
+                            f"{want[1]}{list(want[0])}; the lowering is wrong for these "
+                            "attributes")
+
+
+def lowering_table() -> dict[str, Lowering]:
+    """A copy of the registry (op name -> lowering function)."""
+    _ensure_builtin()
+    return dict(_LOWERINGS)
+
+
+def unsupported_ops(ops: Sequence[str]) -> list[str]:
+    """The names in ``ops`` that have no lowering."""
+    _ensure_builtin()
+    return [o for o in ops if o not in _LOWERINGS]

@@ -1,0 +1,295 @@
+"""Relax lowerings of the quantization ops (``slimfx/ir/opset_quant.py``), bit-exact.
+
+The integer program is lowered with the exact semantics of the torch kernels
+(``slimfx/backends/torch/kernels_quant.py``), so every target produces the same integers:
+
+- accumulating ops (``qconv*``, ``qlinear``, ``qmatmul``) shift operands by their zero
+  points in int32 and accumulate in int32 (``out_dtype="int32"``), then add the int32 bias;
+  a ``qlinear`` with a constant int8 weight whose sizes divide (N % 16, K % 4) is written as
+  a u8 x s8 dense on a packed weight instead, the form meta-schedule tensorizes with VNNI
+  (see :func:`_packed_qlinear`);
+- ``requantize`` and the int8 -> int8 ops compute in int64:
+  ``clamp(rshift_round(v * M0, n) + zp, qmin, qmax)`` with
+  ``rshift_round(v, n) = (v + 2**(n-1)) >> n`` (arithmetic shift, half up; ``v`` for n = 0);
+- ``qavg_pool2d`` sums each window of ``x - zp`` with a depthwise int32 convolution by ones
+  (zero padding after the shift), then requantizes;
+- ``quantize`` is ``clamp(round_half_even(float32(x) / scale) + zp, qmin, qmax)`` in float32;
+  ``dequantize`` is ``float32(q - zp) * scale``;
+- ``dynamic_linear`` quantizes ``x`` at run time (``s = max(max|x|, 1e-8) / 127``), sums the
+  integer products exactly in float64 and scales by ``s * w_scale`` in float64, like torch.
+
+``dynamic_lstm``/``dynamic_gru`` reuse the unrolled RNN of :mod:`.lower_rnn` with every
+weight product done like ``dynamic_linear``. ``observer`` is the identity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax import Expr
+
+from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
+from slimfx.backends.tvm.lower_elementwise import clamp, round_half_even
+from slimfx.backends.tvm.lower_rnn import rnn
+from slimfx.errors import LoweringError
+from slimfx.ir.core import Node
+
+R = relax.op
+
+_DYN_EPS = 1e-8
+
+
+def _channel(ctx: LowerContext, values: tuple, axis: int | None, rank: int, dtype: str) -> Expr:
+    arr = np.asarray(values, dtype=dtype)
+    if axis is None:
+        return ctx.const(arr.reshape(()), dtype)
+    shape = [1] * rank
+    shape[axis % rank] = -1
+    return ctx.const(arr.reshape(shape), dtype)
+
+
+def _half(shift: tuple[int, ...]) -> np.ndarray:
+    n = np.asarray(shift, dtype=np.int64)
+    return np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)), 0).astype(np.int64)
+
+
+def requantize_expr(ctx: LowerContext, v: Expr, multiplier: tuple[int, ...],
+                    shift: tuple[int, ...], axis: int | None, out_zero_point: int, qmin: int,
+                    qmax: int) -> Expr:
+    """``clamp(rshift_round(v * M0, n) + zp, qmin, qmax)`` on an int64 expression ``v``."""
+    rank = len(ctx.shape_of(v))
+    m = _channel(ctx, multiplier, axis, rank, "int64")
+    half = _half(shift)
+    half_c = _channel(ctx, tuple(half.tolist()), axis, rank, "int64")
+    n = _channel(ctx, shift, axis, rank, "int64")
+    y = ctx.emit(R.right_shift(R.add(R.multiply(v, m), half_c), n))
+    y = ctx.emit(R.add(y, ctx.scalar(out_zero_point, "int64")))
+    y = ctx.emit(R.maximum(y, ctx.scalar(qmin, "int64")))
+    return ctx.emit(R.minimum(y, ctx.scalar(qmax, "int64")))
+
+
+def _shifted(ctx: LowerContext, x: Expr, zp: int, dtype: str) -> Expr:
+    x = ctx.cast(x, dtype)
+    return x if zp == 0 else ctx.emit(R.subtract(x, ctx.scalar(zp, dtype)))
+
+
+@register_lowering("observer")
+def _observer(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return x
+
+
+@register_lowering("quantize")
+def _quantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    a = node.attrs
+    rank = len(ctx.shape_of(x))
+    x = ctx.cast(x, "float32")
+    s = _channel(ctx, a["scale"], a["axis"], rank, "float32")
+    z = _channel(ctx, a["zero_point"], a["axis"], rank, "float32")
+    q = ctx.emit(R.add(round_half_even(ctx, ctx.emit(R.divide(x, s))), z))
+    q = ctx.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))
+    return R.astype(q, to_tvm_dtype(a["dtype"]))
+
+
+@register_lowering("dequantize")
+def _dequantize(ctx: LowerContext, node: Node, q: Expr) -> Expr:
+    a = node.attrs
+    rank = len(ctx.shape_of(q))
+    s = _channel(ctx, a["scale"], a["axis"], rank, "float32")
+    z = _channel(ctx, a["zero_point"], a["axis"], rank, "int64")
+    v = ctx.emit(R.subtract(ctx.cast(q, "int64"), z))
+    return R.multiply(R.astype(v, "float32"), s)
+
+
+@register_lowering("requantize")
+def _requantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    a = node.attrs
+    v = _shifted(ctx, x, a["in_zero_point"], "int64")
+    y = requantize_expr(ctx, v, a["multiplier"], a["shift"], a["axis"], a["out_zero_point"],
+                        a["qmin"], a["qmax"])
+    return R.astype(y, to_tvm_dtype(a["out_dtype"]))
+
+
+def _bias(ctx: LowerContext, acc: Expr, b: Expr | None, channel_axis: int) -> Expr:
+    if b is None:
+        return acc
+    rank = len(ctx.shape_of(acc))
+    shape = [1] * rank
+    shape[channel_axis % rank] = -1
+    return ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), shape)))
+
+
+def _qconv(nd: int):
+    def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+        a = node.attrs
+        xs = _shifted(ctx, x, a["x_zero_point"], "int32")
+        conv = R.nn.conv1d if nd == 1 else R.nn.conv2d
+        acc = ctx.emit(conv(xs, ctx.cast(w, "int32"), a["stride"], a["padding"], a["dilation"],
+                            a["groups"], out_dtype="int32"))
+        return _bias(ctx, acc, b, 1)
+    return lower
+
+
+register_lowering("qconv1d")(_qconv(1))
+register_lowering("qconv2d")(_qconv(2))
+
+
+def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
+                    b: Expr | None) -> Expr:
+    """``qlinear`` as a u8 x s8 -> s32 dense on a weight packed ``[N/16, K/4, 16, 4]``.
+
+    This is the form whose reduction meta-schedule tensorizes with VNNI (``vpdpbusd``) on
+    x86. With ``u = x + 128`` (int8 -> uint8; ``u = x`` for uint8 inputs) and
+    ``off = x_zero_point + 128`` (``x_zero_point``):
+    ``sum_k (x - zp) * w = sum_k u * w - off * sum_k w``, the last term a constant folded
+    into the bias. Exact: ``|sum_k u * w| <= 255 * 128 * K`` fits int32.
+    """
+    from tvm import te
+
+    shape = ctx.shape_of(x)
+    n, k = w.shape
+    m = int(np.prod(shape[:-1]))
+    if ctx.dtype_of(x) == "uint8":
+        u, off = x, node.attrs["x_zero_point"]
+    else:
+        u = ctx.emit(R.astype(R.add(ctx.cast(x, "int16"), ctx.scalar(128, "int16")), "uint8"))
+        off = node.attrs["x_zero_point"] + 128
+    u = ctx.emit(R.reshape(u, [m, k]))
+    packed = w.reshape(n // 16, 16, k // 4, 4).transpose(0, 2, 1, 3)
+    wp = ctx.const(np.ascontiguousarray(packed), "int8")
+
+    def dense(a: te.Tensor, bp: te.Tensor) -> te.Tensor:
+        r = te.reduce_axis((0, k), "k")
+        return te.compute((m, n), lambda i, j: te.sum(
+            a[i, r].astype("int32") * bp[j // 16, r // 4, j % 16, r % 4].astype("int32"),
+            axis=r), name="qdense_vnni")
+
+    acc = ctx.bb.emit_te(dense, u, wp, primfunc_name_hint="qdense_packed")
+    corr = -off * w.astype(np.int64).sum(axis=1)
+    acc = ctx.emit(R.add(acc, ctx.const(corr.astype(np.int32), "int32")))
+    acc = _bias(ctx, acc, b, -1)
+    return R.reshape(acc, [*shape[:-1], n])
+
+
+@register_lowering("qlinear")
+def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+    if isinstance(w, tvm.ir.expr.Constant) and ctx.dtype_of(w) == "int8":
+        wn = w.value.numpy()
+        if wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0 and \
+                ctx.dtype_of(x) in ("int8", "uint8"):
+            return _packed_qlinear(ctx, node, x, wn, b)
+    xs = _shifted(ctx, x, node.attrs["x_zero_point"], "int32")
+    wt = ctx.permute(ctx.cast(w, "int32"), [1, 0])
+    acc = ctx.emit(R.matmul(xs, wt, out_dtype="int32"))
+    return _bias(ctx, acc, b, -1)
+
+
+@register_lowering("qmatmul")
+def _qmatmul(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
+    at = node.attrs
+    return R.matmul(_shifted(ctx, a, at["a_zero_point"], "int32"),
+                    _shifted(ctx, b, at["b_zero_point"], "int32"), out_dtype="int32")
+
+
+@register_lowering("qadd")
+def _qadd(ctx: LowerContext, node: Node, x: Expr, y: Expr) -> Expr:
+    a = node.attrs
+    va = ctx.emit(R.multiply(_shifted(ctx, x, a["a_zero_point"], "int64"),
+                             ctx.scalar(a["a_multiplier"], "int64")))
+    vb = ctx.emit(R.multiply(_shifted(ctx, y, a["b_zero_point"], "int64"),
+                             ctx.scalar(a["b_multiplier"], "int64")))
+    v = ctx.emit(R.add(va, vb))
+    out = requantize_expr(ctx, v, (1,), (a["shift"],), None, a["out_zero_point"], a["qmin"],
+                          a["qmax"])
+    return R.astype(out, to_tvm_dtype(a["out_dtype"]))
+
+
+@register_lowering("qmul")
+def _qmul(ctx: LowerContext, node: Node, x: Expr, y: Expr) -> Expr:
+    a = node.attrs
+    v = ctx.emit(R.multiply(_shifted(ctx, x, a["a_zero_point"], "int64"),
+                            _shifted(ctx, y, a["b_zero_point"], "int64")))
+    out = requantize_expr(ctx, v, (a["multiplier"],), (a["shift"],), None, a["out_zero_point"],
+                          a["qmin"], a["qmax"])
+    return R.astype(out, to_tvm_dtype(a["out_dtype"]))
+
+
+@register_lowering("qcat")
+def _qcat(ctx: LowerContext, node: Node, *xs: Expr) -> Expr:
+    a = node.attrs
+    parts = []
+    for x, z, m, n in zip(xs, a["zero_points"], a["multipliers"], a["shifts"], strict=True):
+        v = _shifted(ctx, x, z, "int64")
+        parts.append(requantize_expr(ctx, v, (m,), (n,), None, a["out_zero_point"], a["qmin"],
+                                     a["qmax"]))
+    rank = len(ctx.shape_of(xs[0]))
+    y = ctx.emit(R.concat(parts, a["axis"] % rank))
+    return R.astype(y, to_tvm_dtype(a["out_dtype"]))
+
+
+@register_lowering("qavg_pool2d")
+def _qavg_pool2d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    a = node.attrs
+    channels = ctx.shape_of(x)[1]
+    kh, kw = a["kernel"]
+    ones = ctx.const(np.ones((channels, 1, kh, kw)), "int32")
+    xs = _shifted(ctx, x, a["in_zero_point"], "int32")
+    s = ctx.emit(R.nn.conv2d(xs, ones, a["stride"], a["padding"], (1, 1), channels,
+                             out_dtype="int32"))
+    y = requantize_expr(ctx, ctx.cast(s, "int64"), (a["multiplier"],), (a["shift"],), None,
+                        a["out_zero_point"], a["qmin"], a["qmax"])
+    return R.astype(y, to_tvm_dtype(a["out_dtype"]))
+
+
+def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ...],
+                   per_token: bool) -> Expr:
+    """``x @ dequant(w)^T`` with ``x`` quantized at run time (torch's ``dynamic_matmul``)."""
+    x = ctx.cast(x, "float32")
+    rank = len(ctx.shape_of(x))
+    ax = ctx.emit(R.abs(x))
+    amax = ctx.emit(R.max(ax, [rank - 1], keepdims=True) if per_token else R.max(ax))
+    s = ctx.emit(R.divide(R.maximum(amax, ctx.scalar(_DYN_EPS, "float32")),
+                          ctx.scalar(127.0, "float32")))
+    q = round_half_even(ctx, ctx.emit(R.divide(x, s)))
+    q = ctx.emit(R.clip(q, -127.0, 127.0))
+    wt = ctx.permute(ctx.cast(w, "float64"), [1, 0])
+    acc = ctx.emit(R.matmul(ctx.cast(q, "float64"), wt))
+    ws = ctx.const(np.asarray(w_scale, dtype=np.float64), "float64")
+    y = ctx.emit(R.multiply(R.multiply(acc, ctx.cast(s, "float64")), ws))
+    return ctx.cast(y, "float32")
+
+
+@register_lowering("dynamic_linear")
+def _dynamic_linear(ctx: LowerContext, node: Node, x: Expr, w: Expr,
+                    b: Expr | None = None) -> Expr:
+    a = node.attrs
+    y = dynamic_matmul(ctx, x, w, a["w_scale"], a["per_token"])
+    if b is not None:
+        y = ctx.emit(R.add(y, ctx.cast(b, "float32")))
+    return clamp(ctx, y, a["act_min"], a["act_max"])
+
+
+def _dynamic_rnn(kind: str):
+    def lower(ctx: LowerContext, node: Node, x: Expr, h0: Expr, *rest: Expr) -> list[Expr]:
+        c0, weights = (rest[0], rest[1:]) if kind == "lstm" else (None, rest)
+        scales: dict[int, tuple[float, ...]] = {}
+        pos = 0
+        all_scales = node.attrs["w_scales"]
+        for i, w in enumerate(weights):  # w_scales concatenates the row scales of 2-D weights
+            shape = ctx.shape_of(w)
+            if len(shape) == 2:
+                scales[i] = tuple(all_scales[pos:pos + shape[0]])
+                pos += shape[0]
+        if pos != len(all_scales):
+            raise LoweringError(f"w_scales has {len(all_scales)} entries, the weights have "
+                                f"{pos} rows")
+
+        def project(v: Expr, i: int) -> Expr:
+            return dynamic_matmul(ctx, v, weights[i], scales[i], node.attrs["per_token"])
+
+        return rnn(kind, ctx, node, ctx.cast(x, "float32"), h0, c0, tuple(weights), project)
+    return lower
+
+
+register_lowering("dynamic_lstm")(_dynamic_rnn("lstm"))
+register_lowering("dynamic_gru")(_dynamic_rnn("gru"))

@@ -1,0 +1,250 @@
+"""Relax lowerings of the layers: convolution, linear, matmul, normalization, pooling, attention.
+
+- A fused activation (``act_min``/``act_max``) becomes ``relu`` or a clamp after the bias.
+- ``batch_norm(x) = (x - mean) * rsqrt(var + eps) * weight + bias`` on axis 1, written with
+  elementwise ops so that constant folding turns it into one scale and shift.
+- ``sdpa(q, k, v) = softmax(q @ k^T * scale + mask) @ v`` with ``scale = 1/sqrt(E)`` by
+  default; a boolean mask (or ``is_causal``) keeps the entries where it is true (others get
+  ``-inf``); a float mask is added. With ``enable_gqa``, k/v heads repeat to q's head count.
+- Adaptive pools use TVM's op when it exists (average) or, for max, a pool when the input size
+  divides the output size and per-cell slices otherwise (torch's windows:
+  ``[floor(i*L/O), ceil((i+1)*L/O))``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tvm import relax
+from tvm.relax import Expr
+
+from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
+from slimfx.backends.tvm.lower_elementwise import clamp
+from slimfx.errors import LoweringError
+from slimfx.ir.core import Node
+
+R = relax.op
+
+
+def _channel_bias(ctx: LowerContext, y: Expr, b: Expr | None, rank: int) -> Expr:
+    if b is None:
+        return y
+    b = ctx.cast(b, ctx.dtype_of(y))
+    shape = [1] * rank
+    shape[1] = -1
+    return ctx.emit(R.add(y, R.reshape(b, shape)))
+
+
+def _act(ctx: LowerContext, node: Node, y: Expr) -> Expr:
+    return clamp(ctx, y, node.attrs["act_min"], node.attrs["act_max"])
+
+
+@register_lowering("conv1d")
+def _conv1d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+    a = node.attrs
+    y = ctx.emit(R.nn.conv1d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
+                             a["dilation"], a["groups"]))
+    return _act(ctx, node, _channel_bias(ctx, y, b, 3))
+
+
+@register_lowering("conv2d")
+def _conv2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+    a = node.attrs
+    y = ctx.emit(R.nn.conv2d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
+                             a["dilation"], a["groups"]))
+    return _act(ctx, node, _channel_bias(ctx, y, b, 4))
+
+
+@register_lowering("conv_transpose2d")
+def _conv_t2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+    a = node.attrs
+    y = ctx.emit(R.nn.conv2d_transpose(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"],
+                                       a["padding"], a["output_padding"], a["dilation"],
+                                       a["groups"]))
+    return _act(ctx, node, _channel_bias(ctx, y, b, 4))
+
+
+@register_lowering("linear")
+def _linear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+    dt = ctx.dtype_of(x)
+    y = ctx.emit(R.matmul(x, ctx.permute(ctx.cast(w, dt), [1, 0])))
+    if b is not None:
+        y = ctx.emit(R.add(y, ctx.cast(b, dt)))
+    return _act(ctx, node, y)
+
+
+@register_lowering("matmul")
+def _matmul(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
+    dt = to_tvm_dtype(node.outputs[0].dtype)
+    return R.matmul(ctx.cast(a, dt), ctx.cast(b, dt))
+
+
+# ----------------------------------------------------------------------------- normalization
+def _ones(ctx: LowerContext, shape: tuple[int, ...], dtype: str, value: float = 1.0) -> Expr:
+    return ctx.const(np.full(shape, value), dtype)
+
+
+@register_lowering("batch_norm")
+def _batch_norm(ctx: LowerContext, node: Node, x: Expr, mean: Expr, var: Expr,
+                weight: Expr | None = None, bias: Expr | None = None) -> Expr:
+    dt = ctx.dtype_of(x)
+    rank = len(ctx.shape_of(x))
+    shape = [1] * rank
+    shape[1] = -1
+
+    def chan(e: Expr) -> Expr:
+        return R.reshape(ctx.cast(e, dt), shape)
+
+    inv = R.rsqrt(R.add(chan(var), ctx.scalar(node.attrs["eps"], dt)))
+    scale = ctx.emit(inv if weight is None else R.multiply(inv, chan(weight)))
+    y = ctx.emit(R.multiply(R.subtract(x, chan(mean)), scale))
+    return y if bias is None else R.add(y, chan(bias))
+
+
+def _affine(ctx: LowerContext, shape: tuple[int, ...], dt: str, weight: Expr | None,
+            bias: Expr | None) -> tuple[Expr, Expr]:
+    g = _ones(ctx, shape, dt) if weight is None else ctx.cast(weight, dt)
+    b = _ones(ctx, shape, dt, 0.0) if bias is None else ctx.cast(bias, dt)
+    return g, b
+
+
+@register_lowering("layer_norm")
+def _layer_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
+                bias: Expr | None = None) -> Expr:
+    ns = tuple(node.attrs["normalized_shape"])
+    dt = ctx.dtype_of(x)
+    g, b = _affine(ctx, ns, dt, weight, bias)
+    axes = list(range(-len(ns), 0))
+    return R.nn.layer_norm(x, g, b, axes, node.attrs["eps"])
+
+
+@register_lowering("group_norm")
+def _group_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
+                bias: Expr | None = None) -> Expr:
+    shape = ctx.shape_of(x)
+    dt = ctx.dtype_of(x)
+    g, b = _affine(ctx, (shape[1],), dt, weight, bias)
+    axes = list(range(2, len(shape)))
+    return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
+
+
+@register_lowering("rms_norm")
+def _rms_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None) -> Expr:
+    ns = tuple(node.attrs["normalized_shape"])
+    dt = ctx.dtype_of(x)
+    eps = node.attrs["eps"]
+    if eps is None:  # torch: the machine epsilon of the input dtype
+        eps = float(np.finfo(np.dtype(dt) if dt != "bfloat16" else np.float32).eps)
+    axes = list(range(-len(ns), 0))
+    ms = ctx.emit(R.mean(R.multiply(x, x), axes, keepdims=True))
+    y = ctx.emit(R.multiply(x, R.rsqrt(R.add(ms, ctx.scalar(eps, dt)))))
+    return y if weight is None else R.multiply(y, ctx.cast(weight, dt))
+
+
+# ----------------------------------------------------------------------------- pooling
+def _pool_args(node: Node, nd: int) -> dict:
+    a = node.attrs
+    return dict(pool_size=tuple(a["kernel"]), strides=tuple(a["stride"]),
+                padding=tuple(a["padding"]), ceil_mode=a["ceil_mode"])
+
+
+@register_lowering("max_pool1d")
+def _max_pool1d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.nn.max_pool1d(x, dilation=tuple(node.attrs["dilation"]), **_pool_args(node, 1))
+
+
+@register_lowering("max_pool2d")
+def _max_pool2d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.nn.max_pool2d(x, dilation=tuple(node.attrs["dilation"]), **_pool_args(node, 2))
+
+
+def _avg_pool(nd: int):
+    def lower(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+        a = node.attrs
+        pool = R.nn.avg_pool1d if nd == 1 else R.nn.avg_pool2d
+        div = a.get("divisor_override")
+        if div is None:
+            return pool(x, count_include_pad=a["count_include_pad"], **_pool_args(node, nd))
+        if a["ceil_mode"]:
+            raise LoweringError("avg_pool with divisor_override and ceil_mode is not supported")
+        k = math.prod(a["kernel"])
+        y = ctx.emit(pool(x, count_include_pad=True, **_pool_args(node, nd)))
+        return R.multiply(y, ctx.scalar(k / div, ctx.dtype_of(x)))
+    return lower
+
+
+register_lowering("avg_pool1d")(_avg_pool(1))
+register_lowering("avg_pool2d")(_avg_pool(2))
+
+
+@register_lowering("adaptive_avg_pool1d")
+def _aap1d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.nn.adaptive_avg_pool1d(x, tuple(node.attrs["output_size"]))
+
+
+@register_lowering("adaptive_avg_pool2d")
+def _aap2d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.nn.adaptive_avg_pool2d(x, tuple(node.attrs["output_size"]))
+
+
+def _adaptive_max(nd: int):
+    def lower(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+        shape = ctx.shape_of(x)
+        sizes = tuple(node.attrs["output_size"])
+        ins = shape[-nd:]
+        if all(i % o == 0 for i, o in zip(ins, sizes, strict=True)):
+            k = tuple(i // o for i, o in zip(ins, sizes, strict=True))
+            pool = R.nn.max_pool1d if nd == 1 else R.nn.max_pool2d
+            return pool(x, pool_size=k, strides=k, padding=(0,) * nd,
+                        dilation=(1,) * nd)
+        y = x
+        for d in range(nd):  # max over each axis in turn: windows are separable
+            axis = len(shape) - nd + d
+            cells = []
+            for i in range(sizes[d]):
+                lo = (i * ins[d]) // sizes[d]
+                hi = -((-(i + 1) * ins[d]) // sizes[d])
+                part = R.strided_slice(y, [axis], [lo], [hi])
+                cells.append(ctx.emit(R.max(part, [axis], keepdims=True)))
+            y = ctx.emit(R.concat(cells, axis))
+        return y
+    return lower
+
+
+register_lowering("adaptive_max_pool1d")(_adaptive_max(1))
+register_lowering("adaptive_max_pool2d")(_adaptive_max(2))
+
+
+# ----------------------------------------------------------------------------- attention
+def _repeat_heads(ctx: LowerContext, t: Expr, heads: int) -> Expr:
+    shape = ctx.shape_of(t)
+    if shape[-3] == heads:
+        return t
+    return ctx.emit(R.repeat(t, heads // shape[-3], axis=len(shape) - 3))
+
+
+@register_lowering("sdpa")
+def _sdpa(ctx: LowerContext, node: Node, q: Expr, k: Expr, v: Expr,
+          mask: Expr | None = None) -> Expr:
+    a = node.attrs
+    dt = ctx.dtype_of(q)
+    qs, ks = ctx.shape_of(q), ctx.shape_of(k)
+    if a["enable_gqa"]:
+        k, v = _repeat_heads(ctx, k, qs[-3]), _repeat_heads(ctx, v, qs[-3])
+    rank = len(ks)
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(qs[-1])
+    s = ctx.emit(R.multiply(R.matmul(q, ctx.permute(k, perm)), ctx.scalar(scale, dt)))
+    neg_inf = ctx.scalar(-np.inf, dt)
+    if a["is_causal"]:
+        lq, lk = qs[-2], ks[-2]
+        causal = np.tril(np.ones((lq, lk), dtype=bool))
+        s = ctx.emit(R.where(ctx.const(causal, "bool"), s, neg_inf))
+    if mask is not None:
+        if ctx.dtype_of(mask) == "bool":
+            s = ctx.emit(R.where(mask, s, neg_inf))
+        else:
+            s = ctx.emit(R.add(s, ctx.cast(mask, dt)))
+    p = ctx.emit(R.nn.softmax(s, -1))
+    return R.matmul(p, ctx.cast(v, dt))

@@ -1,0 +1,158 @@
+"""Relax lowerings of data movement and reductions: reshape, permute, expand, cat, split,
+slice, select, mean/sum/amax/amin, embedding (``take``), pad and interpolate (``resize2d``).
+
+Shapes are static, so ``-1`` in a reshape and clipped slice bounds are resolved from the
+IR types before they reach TVM. torch's interpolation modes map to ``resize2d`` as:
+``nearest`` -> asymmetric coordinates, floor rounding; ``nearest-exact`` -> half-pixel,
+round-prefer-ceil; ``bilinear``/``bicubic`` -> half-pixel (``align_corners``: align-corners)
+with torch's cubic coefficient -0.75.
+"""
+
+from __future__ import annotations
+
+from tvm import relax
+from tvm.relax import Expr
+
+from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
+from slimfx.errors import LoweringError
+from slimfx.ir.core import Node
+from slimfx.ir.shapes import norm_axis
+
+R = relax.op
+
+
+@register_lowering("reshape")
+def _reshape(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.reshape(x, list(node.outputs[0].shape))
+
+
+@register_lowering("permute")
+def _permute(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.permute_dims(x, list(node.attrs["dims"]))
+
+
+@register_lowering("expand")
+def _expand(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return R.broadcast_to(x, list(node.outputs[0].shape))
+
+
+@register_lowering("cat")
+def _cat(ctx: LowerContext, node: Node, *xs: Expr) -> Expr:
+    dt = to_tvm_dtype(node.outputs[0].dtype)
+    axis = norm_axis(node.attrs["axis"], len(node.outputs[0].shape))
+    return R.concat([ctx.cast(x, dt) for x in xs], axis)
+
+
+@register_lowering("split")
+def _split(ctx: LowerContext, node: Node, x: Expr) -> list[Expr]:
+    axis = norm_axis(node.attrs["axis"], len(ctx.shape_of(x)))
+    sizes = list(node.attrs["sizes"])
+    outs = []
+    start = 0
+    for s in sizes:  # strided slices: split() needs >1 section and drops empty ones
+        outs.append(ctx.emit(R.strided_slice(x, [axis], [start], [start + s])))
+        start += s
+    return outs
+
+
+@register_lowering("slice")
+def _slice(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    a = node.attrs
+    shape = ctx.shape_of(x)
+    axis = norm_axis(a["axis"], len(shape))
+    start, end, step = slice(a["start"], a["end"], a["step"]).indices(shape[axis])
+    if step <= 0:
+        raise LoweringError(f"slice step must be positive, got {a['step']}")
+    if len(range(start, end, step)) == 0:
+        raise LoweringError("an empty slice cannot be lowered to TVM")
+    return R.strided_slice(x, [axis], [start], [end], [step], assume_inbound=True)
+
+
+@register_lowering("select")
+def _select(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    shape = ctx.shape_of(x)
+    axis = norm_axis(node.attrs["axis"], len(shape))
+    index = node.attrs["index"] % shape[axis]
+    part = ctx.emit(R.strided_slice(x, [axis], [index], [index + 1]))
+    return R.reshape(part, list(node.outputs[0].shape))
+
+
+def _reducer(fn):
+    def lower(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+        axes = list(node.attrs["axes"]) or None
+        keep = node.attrs["keepdim"]
+        dt = to_tvm_dtype(node.outputs[0].dtype)
+        return ctx.cast(ctx.emit(fn(x, axes, keep)), dt)
+    return lower
+
+
+register_lowering("mean")(_reducer(R.mean))
+register_lowering("sum")(_reducer(R.sum))
+register_lowering("amax")(_reducer(R.max))
+register_lowering("amin")(_reducer(R.min))
+
+
+@register_lowering("embedding")
+def _embedding(ctx: LowerContext, node: Node, indices: Expr, weight: Expr) -> Expr:
+    return R.take(weight, indices, axis=0)
+
+
+@register_lowering("pad")
+def _pad(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    a = node.attrs
+    rank = len(ctx.shape_of(x))
+    pads = list(a["pads"])
+    width = [0] * (2 * rank)
+    for i in range(len(pads) // 2):  # torch order: last axis first, (before, after)
+        axis = rank - 1 - i
+        width[2 * axis], width[2 * axis + 1] = pads[2 * i], pads[2 * i + 1]
+    if any(p < 0 for p in width):
+        raise LoweringError("negative padding (cropping) is not supported by the TVM lowering")
+    mode = a["mode"]
+    if mode not in ("constant", "reflect", "replicate", "circular"):
+        raise LoweringError(f"pad mode {mode!r} is not supported; use constant, reflect, "
+                            "replicate or circular")
+    if mode == "circular":
+        return _circular_pad(ctx, x, width)
+    return R.nn.pad(x, width, mode, a["value"])
+
+
+def _circular_pad(ctx: LowerContext, x: Expr, width: list[int]) -> Expr:
+    shape = ctx.shape_of(x)
+    for axis in range(len(shape)):
+        lo, hi = width[2 * axis], width[2 * axis + 1]
+        if lo == 0 and hi == 0:
+            continue
+        n = shape[axis]
+        parts = []
+        if lo:
+            parts.append(R.strided_slice(x, [axis], [n - lo], [n]))
+        parts.append(x)
+        if hi:
+            parts.append(R.strided_slice(x, [axis], [0], [hi]))
+        x = ctx.emit(R.concat([ctx.emit(p) if p is not x else p for p in parts], axis))
+    return x
+
+
+_RESIZE = {
+    "nearest": ("nearest_neighbor", "asymmetric", "floor"),
+    "nearest-exact": ("nearest_neighbor", "half_pixel", "round_prefer_ceil"),
+    "bilinear": ("linear", "half_pixel", ""),
+    "bicubic": ("cubic", "half_pixel", ""),
+}
+
+
+@register_lowering("interpolate")
+def _interpolate(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    a = node.attrs
+    if len(ctx.shape_of(x)) != 4:
+        raise LoweringError("interpolate is lowered for 4-D (NCHW) inputs only")
+    if a["mode"] not in _RESIZE:
+        raise LoweringError(f"interpolate mode {a['mode']!r} is not supported; known: "
+                            f"{sorted(_RESIZE)}")
+    method, coord, rounding = _RESIZE[a["mode"]]
+    if a["align_corners"] and method != "nearest_neighbor":
+        coord = "align_corners"
+    return R.image.resize2d(x, tuple(a["size"]), method=method,
+                            coordinate_transformation_mode=coord, rounding_method=rounding,
+                            cubic_alpha=-0.75, cubic_exclude=0)
