@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,28 @@ else:
 def _verify_after_each_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keeps SLIMFX_VERIFY=1 for each test even if a test or library code changed it."""
     monkeypatch.setenv("SLIMFX_VERIFY", "1")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_registries() -> Iterator[None]:
+    """Ops, passes, pipelines and TVM lowerings a test registers do not outlive it.
+
+    Built-ins are loaded first (the registries load lazily), so the snapshot holds them
+    all and restoring it only drops what the test added. Without this, a test's toy op
+    would show up in another test's "every op has a lowering" check on the same worker.
+    """
+    from slimfx.ir import ops
+    from slimfx.passes import registry
+
+    ops.all_ops()
+    registry.known_passes()
+    tables: list[dict] = [ops._REGISTRY, registry._PASSES, registry._PIPELINES]
+    lower = sys.modules.get("slimfx.backends.tvm.lower")
+    if lower is not None:
+        lower.has_lowering("relu")  # loads the built-in lowerings
+        tables.append(lower._LOWERINGS)
+    saved = [dict(t) for t in tables]
+    yield
+    for table, before in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(before)

@@ -18,6 +18,8 @@ from tvm.relax import Expr
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.ir.core import Node
 
+__all__ = ["clamp", "round_half_even"]
+
 R = relax.op
 
 

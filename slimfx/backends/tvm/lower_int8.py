@@ -29,11 +29,14 @@ import tvm
 from tvm import relax
 from tvm.relax import Expr
 
+from slimfx.backends.tvm import conv_int8
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.backends.tvm.lower_elementwise import clamp, round_half_even
 from slimfx.backends.tvm.lower_rnn import rnn
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
+
+__all__ = ["requantize_expr", "dynamic_matmul"]
 
 R = relax.op
 
@@ -120,13 +123,20 @@ def _bias(ctx: LowerContext, acc: Expr, b: Expr | None, channel_axis: int) -> Ex
 
 
 def _qconv(nd: int):
+    """``qconv{nd}d``: im2col + packed VNNI dense for a dense constant int8 weight
+    (:mod:`.conv_int8`), the direct int32 convolution otherwise (grouped, depthwise,
+    run-time weights, out channels not a multiple of 16)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
-        xs = _shifted(ctx, x, a["x_zero_point"], "int32")
-        conv = R.nn.conv1d if nd == 1 else R.nn.conv2d
-        acc = ctx.emit(conv(xs, ctx.cast(w, "int32"), a["stride"], a["padding"], a["dilation"],
-                            a["groups"], out_dtype="int32"))
-        return _bias(ctx, acc, b, 1)
+        if isinstance(w, tvm.ir.expr.Constant):
+            wn = w.value.numpy()
+            if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
+                return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"],
+                                             padding=a["padding"], dilation=a["dilation"],
+                                             x_zero_point=a["x_zero_point"])
+        return conv_int8.grouped_conv(ctx, x, w, b, stride=a["stride"], padding=a["padding"],
+                                      dilation=a["dilation"], groups=a["groups"],
+                                      x_zero_point=a["x_zero_point"], nd=nd)
     return lower
 
 

@@ -24,6 +24,8 @@ from slimfx.backends.tvm.lower_elementwise import clamp
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
 
+__all__: list[str] = []  # registers lowerings on import; nothing to call directly
+
 R = relax.op
 
 

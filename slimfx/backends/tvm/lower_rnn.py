@@ -22,6 +22,8 @@ from tvm.relax import Expr
 from slimfx.backends.tvm.lower import LowerContext, register_lowering
 from slimfx.ir.core import Node
 
+__all__ = ["rnn"]
+
 R = relax.op
 # project(x, i) = x @ weights[i]^T (no bias): a float matmul, or dynamic int8 for dynamic_*.
 Project = Callable[[Expr, int], Expr]

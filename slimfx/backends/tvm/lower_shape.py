@@ -18,6 +18,8 @@ from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
 from slimfx.ir.shapes import norm_axis
 
+__all__: list[str] = []  # registers lowerings on import; nothing to call directly
+
 R = relax.op
 
 
