@@ -2,7 +2,7 @@
 program, dynamic int8 and fp16/bf16.
 
 Passes: ``insert-observers``, ``quantize-dequantize``, ``convert-int8``,
-``quantize-dynamic-int8``, ``cast-half``. Pipelines: ``ptq-int8`` (prepare half),
+``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``. Pipelines: ``ptq-int8`` (prepare half),
 ``dynamic-int8``, ``fp16``, ``bf16``. Functions: :func:`calibrate`,
 :func:`quantize`, :func:`report`.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (named pipelines)
 from slimfx.passes.quant.api import prepare_ptq, quantize
+from slimfx.passes.quant.bias_correction import BiasCorrection, bias_correction
 from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.cast_fp16 import CastHalf
 from slimfx.passes.quant.convert_int8 import ConvertInt8
@@ -21,6 +22,7 @@ from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
 from slimfx.passes.quant.report import report
 
 __all__ = [
+    "BiasCorrection",
     "CastHalf",
     "ConvertInt8",
     "InsertObservers",
@@ -29,6 +31,7 @@ __all__ = [
     "QScheme",
     "QuantizeDequantize",
     "QuantizeDynamicInt8",
+    "bias_correction",
     "calibrate",
     "prepare_ptq",
     "quantize",

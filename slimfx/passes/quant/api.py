@@ -9,6 +9,7 @@ from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph
 from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (registers pipelines)
+from slimfx.passes.quant.bias_correction import bias_correction as correct_biases
 from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.convert_int8 import convert_int8
 from slimfx.passes.quant.insert_observers import insert_observers
@@ -29,7 +30,8 @@ def prepare_ptq(graph: Graph, qconfig: QConfig | None = None) -> Graph:
 
 def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "ptq-int8",
              qconfig: QConfig | None = None, *, num_batches: int | None = None,
-             form: Literal["int8", "qdq"] = "int8", progress: bool = False) -> Graph:
+             form: Literal["int8", "qdq"] = "int8", progress: bool = False,
+             bias_correction: bool = False) -> Graph:
     """Quantizes a copy of ``graph``.
 
     Args:
@@ -41,6 +43,8 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         num_batches: calibrate on at most this many batches.
         form: ``int8`` for the exact integer program, ``qdq`` for the simulated form.
         progress: show a progress bar during calibration.
+        bias_correction: after calibration, subtract from each conv/linear bias the
+            mean output shift its int8 weight causes on ``data`` (``bias-correction``).
 
     Raises:
         QuantizationError: ``ptq-int8`` without data, or a qconfig with another pipeline.
@@ -51,7 +55,10 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
             raise QuantizationError("pipeline 'ptq-int8' needs calibration data: "
                                     "slimfx.quantize(graph, data=batches)")
         g = prepare_ptq(graph, qconfig)
+        data = list(data) if bias_correction else data  # read twice
         calibrate(g, data, num_batches=num_batches, progress=progress)
+        if bias_correction:
+            correct_biases(g, data, num_batches=num_batches)
         to_qdq(g)
         if form == "int8":
             convert_int8(g)

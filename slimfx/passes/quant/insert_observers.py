@@ -11,6 +11,16 @@ an integer form, ``qconfig.INTEGER_OPS``):
   channel: ``axis=0``);
 - the result is observed with the activation scheme.
 
+Nodes are left float (logged at INFO) when quantizing them makes no sense:
+
+- a conv/linear whose weight is computed at run time (e.g. the weight norm of
+  wav2vec2's positional conv, an opaque op on constants): static int8 needs a
+  constant weight. A weight shared by several nodes (ALBERT) is observed once and
+  is fine;
+- index arithmetic: a node whose result only feeds ops with non-float results
+  (casts to integers, comparisons), e.g. T5's relative-position buckets
+  (``log`` of distances, ``-inf`` on the diagonal, then ``cast`` to int64).
+
 A value is observed once; every use of it (graph outputs included) is rewired
 to the observer's result. Nodes the QConfig leaves out get no observers and
 stay float. Observers are the identity in float, so the graph computes exactly
@@ -19,6 +29,7 @@ what it did before.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +41,8 @@ from slimfx.passes.quant.qconfig import PASSTHROUGH_OPS, QConfig, QScheme
 from slimfx.passes.registry import register_pass
 
 __all__ = ["InsertObservers", "insert_observers"]
+
+logger = logging.getLogger(__name__)
 
 _WEIGHTED = frozenset({"conv1d", "conv2d", "linear"})
 
@@ -84,19 +97,38 @@ def insert_observers(graph: Graph, qconfig: QConfig | None = None) -> int:
 
     for node, cfg in plan.items():
         ops = list(node.inputs)
+        if _index_math(node):
+            logger.info("insert-observers: %s stays float: its result only feeds integer or "
+                        "boolean ops (index arithmetic)", node.describe())
+            continue
         if node.op.name in _WEIGHTED:
-            observe(root(ops[0]), cfg.activation, None)
             w = ops[1]
-            if not w.is_const:
-                raise QuantizationError(
-                    f"{node.describe()}: the weight %{w.name} is not a constant; static int8 "
-                    "needs constant weights (exclude the node or fold the weight first)")
+            if not _constant_weight(w):
+                logger.info("insert-observers: %s stays float: its weight %%%s is computed at "
+                            "run time, not a constant", node.describe(), w.name)
+                continue
+            observe(root(ops[0]), cfg.activation, None)
             observe(w, cfg.weight, 0 if cfg.weight.per_channel else None)
         else:
             for v in ops:
                 observe(root(v), cfg.activation, None)
         observe(node.output, cfg.activation, None)
     return count
+
+
+def _constant_weight(w: Value) -> bool:
+    """A constant, or a constant already observed (a weight shared by several nodes)."""
+    if w.is_const:
+        return True
+    p = w.producer
+    return p is not None and p.op.name == "observer" and p.inputs[0].is_const
+
+
+def _index_math(node: Node) -> bool:
+    """The node's result is only used by ops whose results are not float."""
+    uses = node.output.uses()
+    return bool(uses) and all(all(not o.type.is_float for o in u.node.outputs) and u.node.outputs
+                              for u in uses)
 
 
 def _first(graph: Graph, nodes: list[Node]) -> Node:

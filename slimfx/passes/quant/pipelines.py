@@ -1,8 +1,9 @@
 """Named quantization pipelines (DESIGN.md §1).
 
 ``ptq-int8`` is the *prepare* half of static int8: after it, calibrate the graph
-(``slimfx.calibrate``) and run ``convert-int8``; :func:`slimfx.quantize` does all
-three. The others are complete.
+(``slimfx.calibrate``), optionally correct the biases (``bias-correction``, which needs
+the calibration data) and run ``convert-int8``; :func:`slimfx.quantize` does all of it.
+The others are complete.
 """
 
 from __future__ import annotations

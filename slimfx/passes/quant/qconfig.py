@@ -56,7 +56,8 @@ class QScheme:
         symmetric: zero point fixed at the middle of the range (0 for int8).
         per_channel: one scale per channel of ``axis`` (weights: output channels).
         observer: how statistics are gathered.
-        method: range choice of a histogram observer.
+        method: range choice of a histogram observer; for weights (constants, min/max
+            observer) ``mse`` searches the per-channel clipping with least squared error.
         percentile: for ``method="percentile"``, the upper percentile kept (the
             lower one is ``100 - percentile``).
         averaging_constant: weight of a new batch for the moving-average observer.
@@ -82,9 +83,9 @@ class QScheme:
             raise QuantizationError(f"QScheme: qmin {self.qmin} must be below qmax {self.qmax}")
         if self.observer == "histogram" and self.method == "minmax":
             object.__setattr__(self, "method", "percentile")
-        if self.observer != "histogram" and self.method != "minmax":
+        if self.observer != "histogram" and self.method not in ("minmax", "mse"):
             raise QuantizationError(f"QScheme: method {self.method!r} needs "
-                                    "observer='histogram'")
+                                    "observer='histogram' (or method='mse' for weights)")
         if self.observer == "histogram" and self.per_channel:
             raise QuantizationError("QScheme: histogram observers are per tensor; use "
                                     "observer='minmax' for per-channel tensors")
@@ -149,6 +150,7 @@ class QConfig:
     def preset(cls, name: str = "x86", *, symmetric_activations: bool = False,
                activation_observer: ObserverKind = "minmax",
                method: RangeMethod = "minmax", per_channel_weights: bool = True,
+               weight_method: Literal["minmax", "mse"] = "minmax",
                exclude: Iterable[str] = (), exclude_ops: Iterable[str] = ()) -> QConfig:
         """The ``x86`` / ``arm`` presets (see the module docstring).
 
@@ -158,13 +160,15 @@ class QConfig:
             activation_observer: observer kind of activations.
             method: histogram range choice (``percentile``, ``entropy``, ``mse``).
             per_channel_weights: per-output-channel weight scales (else per tensor).
+            weight_method: weight range: ``minmax``, or ``mse`` (per-channel clipping
+                with least squared error).
             exclude, exclude_ops: kept float.
         """
         if name not in ("x86", "arm"):
             raise QuantizationError(f"unknown QConfig preset {name!r}; known: x86, arm")
         act = QScheme(symmetric=symmetric_activations, observer=activation_observer,
                       method=method)
-        weight = replace(WEIGHT_INT8, per_channel=per_channel_weights)
+        weight = replace(WEIGHT_INT8, per_channel=per_channel_weights, method=weight_method)
         return cls(OpQConfig(act, weight), exclude=tuple(exclude), exclude_ops=tuple(exclude_ops))
 
     # ------------------------------------------------------------------ resolution

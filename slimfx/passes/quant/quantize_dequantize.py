@@ -5,7 +5,8 @@ range (``observers.qparams_from_range``); the ``quantize`` result carries them
 in ``Value.qparams`` too. An observer of a constant (a weight) is folded: the
 constant is quantized ahead of time into an int8 constant (per output channel
 for weights) followed by a ``dequantize``; its range comes from the constant
-itself, so weights need no calibration.
+itself, so weights need no calibration: min/max, or with ``method="mse"`` the
+per-channel clipping that minimises the squared weight error (``mse_weight_range``).
 
 Then every op of ``PASSTHROUGH_OPS`` whose input is a per-tensor ``dequantize``
 is moved across it: ``op(dequantize(q)) == dequantize(op(q))`` exactly, since
@@ -26,11 +27,12 @@ from slimfx.ir.core import Graph, Node
 from slimfx.ir.types import QParams
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
-from slimfx.passes.quant.observers import qparams_from_range
+from slimfx.passes.quant.observers import EPS, qparams_from_range
 from slimfx.passes.quant.qconfig import PASSTHROUGH_OPS
 from slimfx.passes.registry import register_pass
 
-__all__ = ["QuantizeDequantize", "to_qdq", "observer_qparams", "qparams_attrs", "attrs_qparams"]
+__all__ = ["QuantizeDequantize", "to_qdq", "observer_qparams", "qparams_attrs", "attrs_qparams",
+           "mse_weight_range"]
 
 
 def qparams_attrs(qp: QParams) -> dict:
@@ -61,6 +63,9 @@ def observer_qparams(node: Node) -> QParams:
         else:
             flat = c.movedim(a["axis"], 0).reshape(c.shape[a["axis"]], -1)
             lo, hi = flat.amin(1).tolist(), flat.amax(1).tolist()
+        if a["method"] == "mse":
+            lo, hi = mse_weight_range(c, a["axis"], qmin=a["qmin"], qmax=a["qmax"],
+                                      symmetric=a["symmetric"])
     elif a["min_val"] is None or a["max_val"] is None:
         raise QuantizationError(
             f"{node.describe()}: the observer has no statistics; run "
@@ -69,6 +74,33 @@ def observer_qparams(node: Node) -> QParams:
         lo, hi = list(a["min_val"]), list(a["max_val"])
     return qparams_from_range(lo, hi, dtype=a["dtype"], qmin=a["qmin"], qmax=a["qmax"],
                               symmetric=a["symmetric"], axis=a["axis"])
+
+
+def mse_weight_range(w: torch.Tensor, axis: int | None, *, qmin: int, qmax: int,
+                     symmetric: bool, steps: int = 100) -> tuple[list[float], list[float]]:
+    """Per-channel (or per-tensor) clipping range of a constant minimising the squared
+    rounding + clipping error: ``[a * lo, a * hi]`` for the best ``a`` of ``steps`` values in
+    ``[0.2, 1]``, chosen per channel (``a = 1`` is the min/max range)."""
+    flat = (w.reshape(1, -1) if axis is None
+            else w.movedim(axis, 0).reshape(w.shape[axis], -1)).to(torch.float64)
+    lo0 = flat.amin(1).clamp(max=0.0)
+    hi0 = flat.amax(1).clamp(min=0.0)
+    best_err = torch.full_like(lo0, float("inf"))
+    best_a = torch.ones_like(lo0)
+    for a in torch.linspace(1.0, 0.2, steps, dtype=torch.float64):
+        lo, hi = lo0 * a, hi0 * a
+        if symmetric:
+            scale = (torch.maximum(-lo, hi) / ((qmax - qmin) / 2)).clamp(min=EPS)
+            zp = torch.full_like(scale, float((qmin + qmax + 1) // 2))
+        else:
+            scale = ((hi - lo) / (qmax - qmin)).clamp(min=EPS)
+            zp = (qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+        q = torch.clamp(torch.round(flat / scale[:, None]) + zp[:, None], qmin, qmax)
+        err = (((q - zp[:, None]) * scale[:, None] - flat) ** 2).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_a = torch.where(better, a, best_a)
+    return (lo0 * best_a).tolist(), (hi0 * best_a).tolist()
 
 
 def to_qdq(graph: Graph) -> int:
