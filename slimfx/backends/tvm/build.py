@@ -69,13 +69,14 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
         raise SlimfxError(f"tune must be a non-negative trial count, got {tune!r}")
     spec = resolve_target(target)
     graph.verify()
-    mod = lower_graph(graph)
 
     import tvm
 
     from slimfx.backends.tvm import tuning
 
     tvm_target = tvm.target.Target(spec)
+    with tvm_target:  # lowerings may specialise for the target (int8 conv: VNNI on x86)
+        mod = lower_graph(graph)
     db_dir = Path(tuning_db) if tuning_db is not None else tuning.default_db_dir()
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
@@ -84,7 +85,12 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
                 tuning.tune(mod, tvm_target, db_dir, trials=tune, progress=progress)
             if tune or tuning.has_db(db_dir):
                 mod = tuning.apply_db(mod, tvm_target, db_dir)
-            ex = tvm.compile(mod, target=tvm_target)
+            pipeline: Any = "default"
+            if tvm_target.kind.name == "cuda":  # int8 GEMMs on dp4a: dlight's int8 MMA rule fails
+                from slimfx.backends.tvm.cuda_check import cuda_pipeline
+
+                pipeline = cuda_pipeline(tvm_target)
+            ex = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     except LoweringError:
         raise
     except Exception as e:  # TVM raises TVMError/InternalError/ValueError from deep inside

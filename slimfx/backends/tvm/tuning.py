@@ -180,6 +180,11 @@ def _has_record(db: Any, task: Any, target: Any) -> bool:
     return db.has_workload(mod) and bool(db.get_top_k(db.commit_workload(mod), 1))
 
 
+def _is_scheduled(task: Any) -> bool:
+    func = task.dispatched[0]["main"]
+    return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
+
+
 def _prepare_logging() -> None:
     """Keeps meta-schedule's per-round INFO tables off the console (tqdm shows progress).
 
@@ -221,6 +226,8 @@ def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, progress: bool = T
         register_vnni_fix()
     db = _database(Path(db_dir))
     tasks = extract_tasks(mod, target)
+    # functions scheduled by hand (e.g. the VNNI int8 conv dense) keep their schedule
+    tasks = [t for t in tasks if not _is_scheduled(t)]
     pending = [t for t in tasks if not _has_record(db, t, target)]
     if not pending:
         logger.info("tuning: all %d task(s) found in %s, nothing to tune", len(tasks), db_dir)

@@ -1,0 +1,212 @@
+"""Fast, bit-exact int8 convolutions for the TVM backend: im2col + a packed u8 x s8 dense.
+
+A ``qconv1d``/``qconv2d`` with a constant int8 weight and ``groups == 1`` is lowered as
+
+1. ``col = im2col(u)``: a ``[N*OH*OW, Kp]`` uint8 matrix of the input windows, where
+   ``u = x + 128`` (int8 -> uint8; ``u = x`` for a uint8 input), out-of-image taps hold
+   ``off = x_zero_point + 128`` (``x_zero_point`` for uint8), i.e. exactly 0 after the
+   zero-point shift, and ``K = C*KH*KW`` is padded to ``Kp`` (a multiple of 4) with zeros;
+2. ``acc = col @ packed(W)^T``, a u8 x s8 -> s32 dense on the weight packed
+   ``[OC/16, Kp/4, 16, 4]``: the form meta-schedule tensorizes with VNNI (``vpdpbusd``),
+   the same as ``qlinear`` (:func:`slimfx.backends.tvm.lower_int8._packed_qlinear`);
+3. ``acc += bias - off * sum_k W[o, k]`` (a constant per output channel), then
+   ``[N, OH, OW, OC] -> [N, OC, OH, OW]``.
+
+Every step is exact in int32: ``sum_k (x - zp) * w = sum_k u * w - off * sum_k w`` and
+``|sum_k u * w| <= 255 * 128 * K`` fits int32 for any real convolution.
+
+On an x86 target with AVX-512 VNNI (``slimfx.compile`` lowers under its target) the dense is
+a PrimFunc scheduled here by hand around ``dot_16x4_vnni`` (:func:`vnni_dense_func`), marked
+``tirx.is_scheduled`` so that tuning leaves it alone: it is fast without any tuning trial.
+Elsewhere it is the plain TE compute (meta-schedule may tensorize it). Depthwise and other
+grouped convolutions, run-time weights and out channels not a multiple of 16 keep the
+direct int32 convolution (:func:`grouped_conv`), scheduled by meta-schedule like any conv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+from tvm.relax import Expr
+
+from slimfx.backends.tvm.lower import LowerContext
+
+__all__ = ["packable", "packed_conv", "grouped_conv", "vnni_target", "vnni_dense_func"]
+
+R = relax.op
+
+
+def packable(x_dtype: str, w: np.ndarray, groups: int) -> bool:
+    """Whether :func:`packed_conv` applies: a dense int8 weight whose out channels divide 16."""
+    return (groups == 1 and w.dtype == np.int8 and w.shape[0] % 16 == 0
+            and x_dtype in ("int8", "uint8"))
+
+
+def _as_2d(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+           nd: int) -> tuple[tuple[int, int], ...]:
+    if nd == 2:
+        return tuple(stride), tuple(padding), tuple(dilation)
+    return (1, stride[0]), (0, padding[0]), (1, dilation[0])
+
+
+def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
+                stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                x_zero_point: int) -> Expr:
+    """``qconv{1,2}d`` (groups 1) as im2col + a VNNI-shaped dense; int32 NC(H)W result.
+
+    Args:
+        ctx: the lowering context.
+        x: the int8/uint8 input, ``[N, C, L]`` or ``[N, C, H, W]``.
+        w: the constant int8 weight, ``[OC, C, KL]`` or ``[OC, C, KH, KW]``; ``OC % 16 == 0``.
+        b: the int32 bias or None.
+        stride, padding, dilation: the convolution's attributes (1 or 2 entries).
+        x_zero_point: the input zero point.
+    """
+    nd = w.ndim - 2
+    shape = ctx.shape_of(x)
+    if nd == 1:
+        x = ctx.emit(R.reshape(x, [shape[0], shape[1], 1, shape[2]]))
+        w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+    (sh, sw), (ph, pw), (dh, dw) = _as_2d(stride, padding, dilation, nd)
+    n, c, h, wd = ctx.shape_of(x)
+    oc, _, kh, kw = w.shape
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    k0 = c * kh * kw
+    kp = -(-k0 // 4) * 4
+    m = n * oh * ow
+    unsigned = ctx.dtype_of(x) == "uint8"
+    off = x_zero_point if unsigned else x_zero_point + 128
+
+    def im2col(xt: te.Tensor) -> te.Tensor:
+        def body(i, k):
+            b_, p = i // (oh * ow), i % (oh * ow)
+            y, xx = p // ow, p % ow
+            ci, r = k // (kh * kw), k % (kh * kw)
+            hi = y * sh - ph + (r // kw) * dh
+            wi = xx * sw - pw + (r % kw) * dw
+            v = xt[b_, ci, hi, wi]
+            u = v if unsigned else (v.astype("int16") + tirx.const(128, "int16")).astype("uint8")
+            inside = tirx.all(k < k0, hi >= 0, hi < h, wi >= 0, wi < wd)
+            fill = tirx.if_then_else(k < k0, tirx.const(off, "uint8"), tirx.const(0, "uint8"))
+            return tirx.if_then_else(inside, u, fill)
+        return te.compute((m, kp), body, name="im2col_u8")
+
+    col = ctx.bb.emit_te(im2col, x, primfunc_name_hint="qconv_im2col")
+    w2 = np.zeros((oc, kp), dtype=np.int8)
+    w2[:, :k0] = w.reshape(oc, k0)
+    packed = w2.reshape(oc // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
+    wp = ctx.const(np.ascontiguousarray(packed), "int8")
+
+    corr = -off * w2.astype(np.int64).sum(axis=1)
+    if b is not None:
+        bias = b.value.numpy() if isinstance(b, tvm.ir.expr.Constant) else None
+        if bias is not None:
+            corr = corr + bias.astype(np.int64)
+    cb = ctx.const(corr.astype(np.int32), "int32")
+    if vnni_target():
+        name = f"qconv_vnni_dense_{m}x{kp}x{oc}"
+        gv = ctx.bb.add_func(vnni_dense_func(m, kp, oc).with_attr("global_symbol", name), name)
+        acc = ctx.emit(relax.call_tir(gv, [col, wp, cb], relax.TensorType((m, oc), "int32")))
+    else:  # target-neutral form (meta-schedule may still tensorize it)
+        acc = ctx.bb.emit_te(_dense_te, col, wp, cb, primfunc_name_hint="qconv_dense_packed")
+    if b is not None and not isinstance(b, tvm.ir.expr.Constant):
+        acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
+    acc = ctx.emit(R.reshape(acc, [n, oh, ow, oc]))
+    out = ctx.emit(R.permute_dims(acc, [0, 3, 1, 2]))
+    if nd == 1:
+        return R.reshape(out, [n, oc, ow])
+    return out
+
+
+def grouped_conv(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, *,
+                 stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                 groups: int, x_zero_point: int, nd: int) -> Expr:
+    """The direct int32 convolution of ``x - x_zero_point`` (any groups); int32 result."""
+    xs = ctx.cast(x, "int32")
+    if x_zero_point:
+        xs = ctx.emit(R.subtract(xs, ctx.scalar(x_zero_point, "int32")))
+    conv = R.nn.conv1d if nd == 1 else R.nn.conv2d
+    acc = ctx.emit(conv(xs, ctx.cast(w, "int32"), stride, padding, dilation, groups,
+                        out_dtype="int32"))
+    if b is None:
+        return acc
+    shape = [1] * (nd + 2)
+    shape[1] = -1
+    return ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), shape)))
+
+
+def vnni_target() -> bool:
+    """Whether the current TVM target (``with target:``) is x86 with AVX-512 VNNI.
+
+    :func:`slimfx.compile` lowers under its target; without one (``lower_graph`` alone, ARM,
+    CUDA) the dense stays a plain, target-neutral TE compute.
+    """
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target.codegen import target_has_features
+
+    try:
+        return bool(target_has_features("avx512vnni", target))
+    except Exception:  # noqa: BLE001 - an LLVM without x86 support: no VNNI
+        return False
+
+
+def _dense_te(a: te.Tensor, bw: te.Tensor, cb: te.Tensor) -> te.Tensor:
+    m, kp = a.shape
+    oc = cb.shape[0]
+    r = te.reduce_axis((0, kp), "k")
+    acc = te.compute((m, oc), lambda i, j: te.sum(
+        a[i, r].astype("int32") * bw[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
+        name="qdense_vnni")
+    return te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
+
+
+def _divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def vnni_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
+    """``out[i, j] = sum_k A[i, k] * B[j//16, k//4, j%16, k%4] + cb[j]`` (u8 x s8 -> s32),
+    scheduled by hand around the VNNI intrinsic ``dot_16x4_vnni``.
+
+    Tiles: ``mi`` rows (a divisor of ``m``, <= 4) x ``nb`` blocks of 16 output channels
+    (<= 4) accumulate over chunks of ``kc`` groups of 4 reduction elements (<= 16), so the
+    accumulator tile stays in a small buffer; the outer (row tile, channel tile) loop is
+    parallel, the bias add is done per tile. The function is marked ``tirx.is_scheduled``
+    and opaque so that neither fusion nor meta-schedule replaces this schedule; the VNNI
+    intrinsic is registered (with the LLVM 22 fix) if needed.
+    """
+    from slimfx.backends.tvm.tuning import register_vnni_fix
+
+    register_vnni_fix()
+    a = te.placeholder((m, kp), "uint8", name="A")
+    bw = te.placeholder((oc // 16, kp // 4, 16, 4), "int8", name="B")
+    cb = te.placeholder((oc,), "int32", name="CB")
+    out = _dense_te(a, bw, cb)
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, bw, cb, out]))
+    mi, nb, kc = _divisor(m, 4), _divisor(oc // 16, 4), _divisor(kp // 4, 16)
+    blk = sch.get_sblock("qdense_vnni")
+    i, j, k = sch.get_loops(blk)
+    j0, j1 = sch.split(j, [None, 16])
+    k0, k1 = sch.split(k, [None, 4])
+    i0, i1 = sch.split(i, [None, mi])
+    j0o, j0i = sch.split(j0, [None, nb])
+    k0o, k0i = sch.split(k0, [None, kc])
+    sch.reorder(i0, j0o, k0o, k0i, i1, j0i, j1, k1)
+    epi = sch.get_sblock("qdense_bias")
+    sch.reverse_compute_at(epi, j0o)
+    sch.parallel(sch.fuse(i0, j0o))
+    sch.decompose_reduction(blk, k0o)
+    sch.tensorize(j1, "dot_16x4_vnni")
+    sch.unroll(j0i)
+    sch.unroll(i1)
+    _, inner = sch.split(sch.get_loops(epi)[-1], [None, 16])
+    sch.vectorize(inner)
+    sch.vectorize(sch.get_loops(sch.get_sblock("qdense_vnni_init"))[-1])
+    func = sch.mod["main"]
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)

@@ -1,0 +1,151 @@
+"""The im2col + packed-VNNI lowering of ``qconv1d``/``qconv2d`` is bit-exact with torch.
+
+Every case is one node of a single graph (one compile), run by TVM and by the torch kernels
+(``slimfx.to_torch``); the int32 accumulators (and the int8 results of the requantized
+cases) must be EQUAL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+tvm = pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
+
+import slimfx  # noqa: E402
+from slimfx.backends.tvm import conv_int8  # noqa: E402
+from slimfx.backends.tvm.lower import lower_graph  # noqa: E402
+from slimfx.ir import Graph, TensorType  # noqa: E402
+
+pytestmark = pytest.mark.tvm
+
+
+def _q(*shape: int, seed: int, lo: int = -128, hi: int = 127,
+       dtype: torch.dtype = torch.int8) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(lo, hi + 1, shape, generator=g).to(dtype)
+
+
+# id: (x shape, weight shape, stride, padding, dilation, groups, x_zero_point, bias, x dtype)
+CASES: dict[str, tuple[Any, ...]] = {
+    "3x3_s1_p1_k45": ((2, 5, 9, 9), (16, 5, 3, 3), 1, 1, 1, 1, -7, True, "i8"),
+    "3x3_s2_p1": ((1, 8, 10, 11), (32, 8, 3, 3), 2, 1, 1, 1, 127, True, "i8"),
+    "1x1_s1": ((2, 8, 6, 5), (16, 8, 1, 1), 1, 0, 1, 1, -128, False, "i8"),
+    "1x1_s2": ((1, 12, 9, 9), (16, 12, 1, 1), 2, 0, 1, 1, 3, True, "i8"),
+    "7x7_s2_p3": ((1, 3, 20, 18), (16, 3, 7, 7), 2, 3, 1, 1, 8, True, "i8"),
+    "3x3_dil2_p2": ((1, 4, 9, 9), (16, 4, 3, 3), 1, 2, 2, 1, -3, True, "i8"),
+    "3x3_u8_zp128": ((1, 6, 7, 7), (16, 6, 3, 3), 1, 1, 1, 1, 128, True, "u8"),
+    "depthwise_s1": ((1, 16, 8, 8), (16, 1, 3, 3), 1, 1, 1, 16, -5, True, "i8"),
+    "depthwise_s2": ((2, 32, 9, 9), (32, 1, 3, 3), 2, 1, 1, 32, 9, False, "i8"),
+    "grouped": ((1, 8, 6, 6), (16, 4, 3, 3), 1, 1, 1, 2, 1, True, "i8"),
+    "oc_not_16": ((1, 4, 6, 6), (12, 4, 3, 3), 1, 1, 1, 1, -2, True, "i8"),
+    "conv1d_s2_p2": ((2, 6, 13), (16, 6, 3), 2, 2, 1, 1, 4, True, "i8"),
+    "conv1d_k1": ((1, 8, 7), (32, 8, 1), 1, 0, 1, 1, -1, False, "i8"),
+}
+# requantize with a relu clamp (qmin = out_zero_point) after these cases
+RELU = {"3x3_s1_p1_k45": -20, "3x3_s2_p1": 0}
+
+
+def _graph() -> tuple[Graph, list[torch.Tensor], list[str]]:
+    g = Graph("qconvs")
+    feeds, outs, ids = [], [], []
+    for i, (cid, (xs, ws, s, p, d, groups, zp, bias, dt)) in enumerate(CASES.items()):
+        nd = len(xs) - 2
+        if dt == "u8":
+            x = _q(*xs, seed=100 + i, lo=0, hi=255, dtype=torch.uint8)
+        else:
+            x = _q(*xs, seed=100 + i)
+        w = _q(*ws, seed=200 + i)
+        vals = [g.add_input(f"x{i}", TensorType.of(x)), g.add_constant(w, f"w{i}")]
+        if bias:
+            vals.append(g.add_constant(_q(ws[0], seed=300 + i, lo=-40000, hi=40000,
+                                          dtype=torch.int32), f"b{i}"))
+        op = "qconv1d" if nd == 1 else "qconv2d"
+        y = g.add(op, vals, dict(stride=[s] * nd, padding=[p] * nd, dilation=[d] * nd,
+                                 groups=groups, x_zero_point=zp), name=cid)
+        feeds.append(x)
+        outs.append(y)
+        ids.append(cid)
+        if cid in RELU:
+            oz = RELU[cid]
+            r = g.add("requantize", [y], dict(multiplier=[1518500250] * ws[0],
+                                             shift=[42] * ws[0], axis=1, out_zero_point=oz,
+                                             qmin=oz, qmax=127, out_dtype="i8"),
+                      name=f"{cid}_rq")
+            outs.append(r)
+            ids.append(f"{cid}+relu")
+    g.set_outputs(outs)
+    g.verify()
+    return g, feeds, ids
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    g, feeds, ids = _graph()
+    ref = slimfx.to_torch(g)(*feeds)
+    got = slimfx.compile(g, "x86", tuning_db="/nonexistent-slimfx-db", progress=False)(*feeds)
+    return {cid: (np.asarray(r), np.asarray(o)) for cid, r, o in zip(ids, ref, got, strict=True)}
+
+
+@pytest.mark.parametrize("case", [*CASES, *(f"{c}+relu" for c in RELU)])
+def test_qconv_bit_exact(results, case: str) -> None:
+    ref, got = results[case]
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+    if case.endswith("+relu"):  # the clamp really acts: some outputs sit at the zero point
+        assert (ref == RELU[case.removesuffix("+relu")]).any() and (ref > -20).any()
+    else:
+        assert np.abs(ref).max() > 1000  # a real accumulation, not zeros
+
+
+def test_dense_convs_use_the_packed_vnni_form() -> None:
+    """Groups-1 convs with OC % 16 == 0 lower to im2col + packed dense, others do not."""
+    g, _, _ = _graph()
+    text = lower_graph(g).script()
+    packed = sum(1 for c in CASES.values() if c[5] == 1 and c[1][0] % 16 == 0)
+    assert text.count("qconv_dense_packed") >= packed
+    assert text.count("R.nn.conv2d(") == 4  # depthwise x2, grouped, oc_not_16
+    assert conv_int8.packable("int8", np.zeros((32, 3, 3, 3), np.int8), 1)
+    assert not conv_int8.packable("int8", np.zeros((32, 1, 3, 3), np.int8), 32)
+    assert not conv_int8.packable("int8", np.zeros((24, 3, 3, 3), np.int8), 1)
+
+
+def _x86_vnni():
+    from slimfx.backends.tvm.targets import resolve_target
+
+    target = tvm.target.Target(resolve_target("x86"))
+    with target:
+        if not conv_int8.vnni_target():
+            pytest.skip("this CPU has no AVX-512 VNNI")
+    return target
+
+
+def test_x86_vnni_lowering_is_hand_scheduled_and_not_tuned() -> None:
+    """Under an x86 VNNI target the dense is a scheduled, opaque PrimFunc calling vpdpbusd,
+    and meta-schedule does not extract it as a task to tune."""
+    from slimfx.backends.tvm import tuning
+
+    target = _x86_vnni()
+    g = Graph("one")
+    x = g.add_input("x", TensorType((1, 8, 6, 6), "i8"))
+    w = g.add_constant(_q(32, 8, 3, 3, seed=1), "w")
+    g.set_outputs([g.add("qconv2d", [x, w], dict(stride=[1, 1], padding=[1, 1],
+                                                  dilation=[1, 1], x_zero_point=3))])
+    with target:
+        mod = lower_graph(g)
+    dense = [gv for gv in mod.functions if gv.name_hint.startswith("qconv_vnni_dense")]
+    assert len(dense) == 1
+    func = mod[dense[0]]
+    assert func.attrs["tirx.is_scheduled"] and int(func.attrs["op_pattern"]) == 8
+    assert "vpdpbusd" in func.script()
+    with tvm.transform.PassContext(opt_level=3):
+        prepared = tuning.prepare(mod, target)
+    from tvm.s_tir.meta_schedule.relax_integration import extract_tasks
+
+    tasks = extract_tasks(prepared, target)
+    assert any(t.task_name.startswith("qconv_vnni_dense") for t in tasks)
+    assert [t for t in tasks if tuning._is_scheduled(t)] and \
+        not any(tuning._is_scheduled(t) for t in tasks if "im2col" in t.task_name)
