@@ -1,8 +1,9 @@
 """``slimfx.compile``: IR graph -> Relax -> native code for a named target.
 
 Without tuning, TVM's default pipeline runs (legalize, fold constants, fuse, build); on CPUs
-it applies no schedule, so code is correct but slow. With ``tune=N`` the legalized, fused
-module is tuned with meta-schedule (see :mod:`slimfx.backends.tvm.tuning`), the best
+it applies no schedule, so slimfx gives every kernel not otherwise scheduled a default
+parallel, vectorized schedule (:mod:`slimfx.backends.tvm.cpu_schedule`). With ``tune=N`` the
+legalized, fused module is tuned with meta-schedule (see :mod:`slimfx.backends.tvm.tuning`), the best
 schedules are stored in a database on disk and applied before the build; a later compile
 of the same model finds them there and does not tune again.
 """
@@ -42,6 +43,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     tuning_db: str | os.PathLike[str] | None = None,
     opt_level: int = 3,
     progress: bool = True,
+    schedule: bool = True,
 ) -> Compiled:
     """Compiles an IR graph with TVM.
 
@@ -54,6 +56,9 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
         tuning_db: directory of the tuning database (default ``~/.cache/slimfx/tuning``).
         opt_level: TVM's pass context optimisation level.
         progress: show a progress bar while tuning.
+        schedule: on CPUs, give every kernel that is neither tuned nor scheduled by hand a
+            default parallel/vectorized schedule (:mod:`.cpu_schedule`); ``False`` keeps
+            TVM's plain single-threaded loops.
 
     Returns:
         A :class:`Compiled` model; ``.save(path)`` writes it, ``slimfx.load`` reads it.
@@ -73,7 +78,9 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     import tvm
 
     from slimfx.backends.tvm import tuning
+    from slimfx.backends.tvm.targets import use_cpu_threads
 
+    use_cpu_threads(spec)  # before any kernel runs (tuning measures in this process)
     tvm_target = tvm.target.Target(spec)
     with tvm_target:  # lowerings may specialise for the target (int8 conv: VNNI on x86)
         mod = lower_graph(graph)
@@ -85,6 +92,11 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
                 tuning.tune(mod, tvm_target, db_dir, trials=tune, progress=progress)
             if tune or tuning.has_db(db_dir):
                 mod = tuning.apply_db(mod, tvm_target, db_dir)
+            if tvm_target.kind.name == "llvm" and schedule:
+                from slimfx.backends.tvm.cpu_schedule import default_cpu_schedule
+
+                with tvm_target:  # kernels neither tuned nor hand-scheduled: parallel, vector
+                    mod = default_cpu_schedule()(mod)
             pipeline: Any = "default"
             if tvm_target.kind.name == "cuda":  # int8 GEMMs on dp4a: dlight's int8 MMA rule fails
                 from slimfx.backends.tvm.cuda_check import cuda_pipeline

@@ -110,11 +110,12 @@ class Compiled:
     def _ensure_vm(self) -> Any:
         if self._vm is not None:
             return self._vm
-        from slimfx.backends.tvm.targets import can_run_here, target_kind
+        from slimfx.backends.tvm.targets import can_run_here, target_kind, use_cpu_threads
 
         reason = can_run_here(self.target)
         if reason is not None:
             raise DeviceError(f"cannot run this compiled model here: {reason}")
+        use_cpu_threads(self.target)
         import tvm
         from tvm import relax
 

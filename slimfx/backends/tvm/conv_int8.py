@@ -34,7 +34,8 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["packable", "packed_conv", "grouped_conv", "vnni_target", "vnni_dense_func"]
+__all__ = ["packable", "packed_conv", "grouped_conv", "vnni_target", "vnni_dense_func",
+           "avx2_target", "avx2_conv", "avx2_im2col_func", "avx2_dense_func"]
 
 R = relax.op
 
@@ -70,6 +71,13 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     if nd == 1:
         x = ctx.emit(R.reshape(x, [shape[0], shape[1], 1, shape[2]]))
         w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+    if not vnni_target() and avx2_target():
+        out = avx2_conv(ctx, x, w, b, stride=_as_2d(stride, padding, dilation, nd),
+                        x_zero_point=x_zero_point)
+        if nd == 1:
+            n_, oc_, _, ow_ = ctx.shape_of(out)
+            return R.reshape(out, [n_, oc_, ow_])
+        return out
     (sh, sw), (ph, pw), (dh, dw) = _as_2d(stride, padding, dilation, nd)
     n, c, h, wd = ctx.shape_of(x)
     oc, _, kh, kw = w.shape
@@ -95,7 +103,9 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
             return tirx.if_then_else(inside, u, fill)
         return te.compute((m, kp), body, name="im2col_u8")
 
-    col = ctx.bb.emit_te(im2col, x, primfunc_name_hint="qconv_im2col")
+    # opaque: FuseOps must not fuse the producer in, which would recompute it per tap
+    col = ctx.bb.emit_te(im2col, x, primfunc_name_hint="qconv_im2col",
+                         primfunc_attrs={"op_pattern": 8})
     w2 = np.zeros((oc, kp), dtype=np.int8)
     w2[:, :k0] = w.reshape(oc, k0)
     packed = w2.reshape(oc // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
@@ -139,21 +149,31 @@ def grouped_conv(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, *,
     return ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), shape)))
 
 
-def vnni_target() -> bool:
-    """Whether the current TVM target (``with target:``) is x86 with AVX-512 VNNI.
-
-    :func:`slimfx.compile` lowers under its target; without one (``lower_graph`` alone, ARM,
-    CUDA) the dense stays a plain, target-neutral TE compute.
-    """
+def _target_has(feature: str) -> bool:
+    """Whether the current TVM target (``with target:``) is an LLVM CPU with ``feature``."""
     target = tvm.target.Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
         return False
     from tvm.target.codegen import target_has_features
 
     try:
-        return bool(target_has_features("avx512vnni", target))
-    except Exception:  # noqa: BLE001 - an LLVM without x86 support: no VNNI
+        return bool(target_has_features(feature, target))
+    except Exception:  # noqa: BLE001 - an LLVM without x86 support: no such feature
         return False
+
+
+def vnni_target() -> bool:
+    """Whether the current TVM target (``with target:``) is x86 with AVX-512 VNNI.
+
+    :func:`slimfx.compile` lowers under its target; without one (``lower_graph`` alone, ARM,
+    CUDA) the dense stays a plain, target-neutral TE compute.
+    """
+    return _target_has("avx512vnni")
+
+
+def avx2_target() -> bool:
+    """Whether the current TVM target is x86 with AVX2 (``vpmaddwd`` on 256-bit vectors)."""
+    return _target_has("avx2")
 
 
 def _dense_te(a: te.Tensor, bw: te.Tensor, cb: te.Tensor) -> te.Tensor:
@@ -208,5 +228,177 @@ def vnni_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
     _, inner = sch.split(sch.get_loops(epi)[-1], [None, 16])
     sch.vectorize(inner)
     sch.vectorize(sch.get_loops(sch.get_sblock("qdense_vnni_init"))[-1])
+    func = sch.mod["main"]
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+
+
+# ------------------------------------------------------------------- AVX2 (no VNNI): vpmaddwd
+# Without VNNI, the exact x86 int8 product is vpmaddwd: 16 int16 x int16 products summed in
+# pairs into 8 int32 lanes. (vpmaddubsw, u8 x s8 summed into int16, saturates on full-range
+# operands: 2 * 255 * 128 > 32767.) The activations enter as int16 ``x - x_zero_point``, so
+# padding taps are plain zeros and no correction term is needed; the weight is packed
+# ``[OC/8, Kp/2, 8, 2]`` int16, one 32-byte load per 8 output channels x 2 taps.
+_PMADDWD = "slimfx_pmaddwd_8x2"
+_PMADDWD_REGISTERED = False
+
+
+def _register_pmaddwd() -> None:
+    global _PMADDWD_REGISTERED
+    if _PMADDWD_REGISTERED:
+        return
+    from tvm.s_tir import TensorIntrin
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((2,), "int16", offset_factor=1),  # type: ignore[valid-type]
+             b: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
+             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:  # type: ignore[valid-type]
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            for i in T.serial(0, 8):
+                for k in T.serial(0, 2):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((2,), "int16", offset_factor=1),  # type: ignore[valid-type]
+             b: T.Buffer((8, 2), "int16", offset_factor=1),  # type: ignore[valid-type]
+             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:  # type: ignore[valid-type]
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
+            T.writes(c[0:8])
+            pair = T.reinterpret(a.vload([0], "int16x2"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.reinterpret(T.broadcast(pair, 8), dtype="int16x16"),
+                b.vload([0, 0], dtype="int16x16"), dtype="int32x8")
+
+    TensorIntrin.register(_PMADDWD, desc, impl, override=True)
+    _PMADDWD_REGISTERED = True
+
+
+def avx2_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
+              stride: tuple[tuple[int, ...], ...], x_zero_point: int) -> Expr:
+    """2-D ``qconv2d`` (groups 1, constant int8 weight) as an int16 im2col + the
+    :func:`avx2_dense_func` kernel; int32 NCHW result.
+
+    ``stride`` is the ``(stride, padding, dilation)`` triple of 2-tuples. The im2col is
+    written ``[N, OH, OW, Cp, KH, KW]`` (one PrimFunc, :func:`avx2_im2col_func`) and viewed as
+    the ``[N*OH*OW, Cp*KH*KW]`` matrix of the dense; ``Cp`` is ``C`` plus one zero channel
+    when ``C*KH*KW`` is odd (the kernel takes the reduction in pairs).
+    """
+    (sh, sw), (ph, pw), (dh, dw) = stride
+    n, c, h, wd = ctx.shape_of(x)
+    oc, _, kh, kw = w.shape
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cp = c + (c * kh * kw) % 2
+    kp = cp * kh * kw
+    m = n * oh * ow
+    key = (n, c, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, x_zero_point, ctx.dtype_of(x))
+    name = "qconv_im2col_i16_" + "_".join(str(v) for v in key[:-1]).replace("-", "m")
+    im2col = avx2_im2col_func(*key).with_attr("global_symbol", name)
+    col = ctx.emit(relax.call_tir(ctx.bb.add_func(im2col, name), [x],
+                                  relax.TensorType((n, oh, ow, cp, kh, kw), "int16")))
+    col = ctx.emit(R.reshape(col, [m, kp]))
+    w2 = np.zeros((oc, cp, kh, kw), dtype=np.int16)
+    w2[:, :c] = w
+    packed = w2.reshape(oc // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
+    wp = ctx.const(np.ascontiguousarray(packed), "int16")
+    bias = np.zeros(oc, np.int32)
+    if isinstance(b, tvm.ir.expr.Constant):
+        bias = b.value.numpy().astype(np.int32)
+    cb = ctx.const(bias, "int32")
+    name = f"qconv_avx2_dense_{m}x{kp}x{oc}"
+    gv = ctx.bb.add_func(avx2_dense_func(m, kp, oc).with_attr("global_symbol", name), name)
+    acc = ctx.emit(relax.call_tir(gv, [col, wp, cb], relax.TensorType((m, oc), "int32")))
+    if b is not None and not isinstance(b, tvm.ir.expr.Constant):
+        acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
+    acc = ctx.emit(R.reshape(acc, [n, oh, ow, oc]))
+    return ctx.emit(R.permute_dims(acc, [0, 3, 1, 2]))
+
+
+def avx2_im2col_func(n: int, c: int, h: int, wd: int, kh: int, kw: int, sh: int, sw: int,
+                     ph: int, pw: int, dh: int, dw: int, x_zero_point: int,
+                     x_dtype: str) -> tirx.PrimFunc:
+    """``col[b, y, x, ci, r, s] = X[b, ci, y*sh - ph + r*dh, x*sw - pw + s*dw] - zp`` as int16
+    (0 outside the image and for the padding channel), scheduled by hand: the ``(b, y)`` rows
+    in parallel, every index a plain loop variable (no division per element)."""
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    cp = c + (c * kh * kw) % 2
+    xt = te.placeholder((n, c, h, wd), x_dtype, name="X")
+
+    def body(b_, y, xx, ci, r, s_):
+        hi = y * sh - ph + r * dh
+        wi = xx * sw - pw + s_ * dw
+        v = xt[b_, ci, hi, wi].astype("int16") - tirx.const(x_zero_point, "int16")
+        inside = tirx.all(ci < c, hi >= 0, hi < h, wi >= 0, wi < wd)
+        return tirx.if_then_else(inside, v, tirx.const(0, "int16"))
+
+    col = te.compute((n, oh, ow, cp, kh, kw), body, name="im2col_i16")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([xt, col]))
+    blk = sch.get_sblock("im2col_i16")
+    loops = sch.get_loops(blk)
+    sch.parallel(sch.fuse(loops[0], loops[1]))
+    if kh * kw > 1:
+        sch.unroll(loops[-1])
+    func = sch.mod["main"]
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+
+
+def _dense_tiles(m: int, blocks: int) -> tuple[int, int]:
+    """Row tile ``mi`` (divides ``m``, <= 8) x channel blocks ``nb`` (divides ``blocks``,
+    <= 4) with the most accumulators ``mi * nb <= 12`` (16 ymm registers in all)."""
+    best = (1, 1)
+    for mi in range(1, 9):
+        for nb in range(1, 5):
+            if m % mi == 0 and blocks % nb == 0 and mi * nb <= 12 \
+                    and (mi * nb, nb) > (best[0] * best[1], best[1]):
+                best = (mi, nb)
+    return best
+
+
+def avx2_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
+    """``out[i, j] = sum_k A[i, k] * B[j//8, k//2, j%8, k%2] + cb[j]`` (int16 -> int32),
+    scheduled by hand around ``vpmaddwd``.
+
+    ``kp % 2 == 0``, ``oc % 8 == 0``. A tile of ``mi`` rows x ``nb`` blocks of 8 output
+    channels (:func:`_dense_tiles`, e.g. 4 x 2: 8 accumulator registers) runs over chunks of
+    up to 32 taps; the (row tile, channel tile) loop is parallel. Marked
+    ``tirx.is_scheduled`` and opaque, like :func:`vnni_dense_func`.
+    """
+    _register_pmaddwd()
+    a = te.placeholder((m, kp), "int16", name="A")
+    bw = te.placeholder((oc // 8, kp // 2, 8, 2), "int16", name="B")
+    cb = te.placeholder((oc,), "int32", name="CB")
+    r = te.reduce_axis((0, kp), "k")
+    acc = te.compute((m, oc), lambda i, j: te.sum(
+        a[i, r].astype("int32") * bw[j // 8, r // 2, j % 8, r % 2].astype("int32"), axis=r),
+        name="qdense_pmaddwd")
+    out = te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, bw, cb, out]))
+    mi, nb = _dense_tiles(m, oc // 8)
+    kc = _divisor(kp // 2, 16)
+    blk = sch.get_sblock("qdense_pmaddwd")
+    i, j, k = sch.get_loops(blk)
+    j0, j1 = sch.split(j, [None, 8])
+    k0, k1 = sch.split(k, [None, 2])
+    i0, i1 = sch.split(i, [None, mi])
+    j0o, j0i = sch.split(j0, [None, nb])
+    k0o, k0i = sch.split(k0, [None, kc])
+    sch.reorder(i0, j0o, k0o, k0i, i1, j0i, j1, k1)
+    epi = sch.get_sblock("qdense_bias")
+    sch.reverse_compute_at(epi, j0o)
+    sch.parallel(sch.fuse(i0, j0o))
+    sch.decompose_reduction(blk, k0o)
+    sch.tensorize(j1, _PMADDWD)
+    sch.unroll(j0i)
+    sch.unroll(i1)
+    _, inner = sch.split(sch.get_loops(epi)[-1], [None, 8])
+    sch.vectorize(inner)
+    sch.vectorize(sch.get_loops(sch.get_sblock("qdense_pmaddwd_init"))[-1])
     func = sch.mod["main"]
     return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)

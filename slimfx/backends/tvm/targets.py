@@ -17,7 +17,8 @@ from typing import Any
 
 from slimfx.errors import SlimfxError
 
-__all__ = ["KNOWN_TARGETS", "resolve_target", "host_cpu", "target_kind", "can_run_here"]
+__all__ = ["KNOWN_TARGETS", "resolve_target", "host_cpu", "target_kind", "can_run_here",
+           "use_cpu_threads"]
 
 KNOWN_TARGETS = ("x86", "arm", "cuda", "cuda:sm_80", "cuda:sm_90")
 
@@ -63,6 +64,19 @@ def _num_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def use_cpu_threads(spec: dict[str, Any]) -> None:
+    """Lets TVM's CPU thread pool use the target's ``num-cores`` threads.
+
+    TVM sizes its pool from ``TVM_NUM_THREADS`` when the pool starts (the first parallel
+    kernel of a thread); without it, on x86 it takes half of the logical CPUs (it assumes
+    hyper-threading), i.e. one thread on a 2-core machine. This sets the variable to the
+    target's ``num-cores`` unless the user set it; it has no effect once a pool is running.
+    """
+    cores = spec.get("num-cores")
+    if spec.get("kind") == "llvm" and cores and "TVM_NUM_THREADS" not in os.environ:
+        os.environ["TVM_NUM_THREADS"] = str(min(int(cores), _num_cores()))
 
 
 def _named(name: str) -> dict[str, Any]:

@@ -82,11 +82,27 @@ def _graph() -> tuple[Graph, list[torch.Tensor], list[str]]:
     return g, feeds, ids
 
 
-@pytest.fixture(scope="module")
-def results() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _host_has(feature: str) -> bool:
+    from slimfx.backends.tvm.targets import resolve_target
+
+    with tvm.target.Target(resolve_target("x86")):
+        return conv_int8._target_has(feature)
+
+
+# The x86 kernels: the host's own target (VNNI where the CPU has it), and an AVX2 target
+# (the vpmaddwd kernel) that runs on any AVX2 host, so both paths are checked on VNNI hosts.
+KERNELS = {"host": "x86"}
+if _host_has("avx512vnni"):
+    KERNELS["avx2"] = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell",
+                       "num-cores": 2}
+
+
+@pytest.fixture(scope="module", params=list(KERNELS))
+def results(request) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     g, feeds, ids = _graph()
     ref = slimfx.to_torch(g)(*feeds)
-    got = slimfx.compile(g, "x86", tuning_db="/nonexistent-slimfx-db", progress=False)(*feeds)
+    got = slimfx.compile(g, KERNELS[request.param], tuning_db="/nonexistent-slimfx-db",
+                         progress=False)(*feeds)
     return {cid: (np.asarray(r), np.asarray(o)) for cid, r, o in zip(ids, ref, got, strict=True)}
 
 
@@ -149,3 +165,40 @@ def test_x86_vnni_lowering_is_hand_scheduled_and_not_tuned() -> None:
     assert any(t.task_name.startswith("qconv_vnni_dense") for t in tasks)
     assert [t for t in tasks if tuning._is_scheduled(t)] and \
         not any(tuning._is_scheduled(t) for t in tasks if "im2col" in t.task_name)
+
+
+def test_x86_avx2_lowering_is_hand_scheduled_im2col_and_pmaddwd() -> None:
+    """Under an AVX2 target without VNNI: a hand-scheduled int16 im2col (6-D, no padding
+    rows) and a hand-scheduled dense calling vpmaddwd; neither is fused nor tuned."""
+    if not _host_has("avx2"):
+        pytest.skip("this CPU has no AVX2")
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                "mcpu": "haswell"})
+    g = Graph("one")
+    x = g.add_input("x", TensorType((1, 3, 7, 7), "i8"))
+    w = g.add_constant(_q(16, 3, 3, 3, seed=1), "w")
+    g.set_outputs([g.add("qconv2d", [x, w], dict(stride=[1, 1], padding=[1, 1],
+                                                  dilation=[1, 1], x_zero_point=3))])
+    with target:
+        mod = lower_graph(g)
+    funcs = {gv.name_hint: mod[gv] for gv in mod.functions
+             if isinstance(mod[gv], tvm.tirx.PrimFunc)}
+    (dense,) = [f for n, f in funcs.items() if n.startswith("qconv_avx2_dense_49x36x16")]
+    (im2col,) = [f for n, f in funcs.items() if n.startswith("qconv_im2col_i16")]
+    for f in (dense, im2col):
+        assert f.attrs["tirx.is_scheduled"] and int(f.attrs["op_pattern"]) == 8
+    assert "llvm.x86.avx2.pmadd.wd" in dense.script()
+    # C = 3 with a 3x3 kernel: K = 27 is odd, so one zero channel is added (Cp = 4, K = 36)
+    assert "(1, 7, 7, 4, 3, 3)" in im2col.script()
+
+
+@pytest.mark.parametrize(("m", "blocks", "tile"), [
+    (3136, 8, (2, 4)),  # ResNet layer1: 8 accumulators, 2 rows x 32 channels
+    (49, 64, (7, 1)),   # a 7x7 map: 7 rows
+    (13, 2, (1, 2)),    # a prime row count
+    (12, 8, (3, 4)),    # 12 accumulators where the shapes allow
+])
+def test_dense_tiles_fit_the_registers(m: int, blocks: int, tile: tuple[int, int]) -> None:
+    mi, nb = conv_int8._dense_tiles(m, blocks)
+    assert (mi, nb) == tile
+    assert m % mi == 0 and blocks % nb == 0 and mi * nb <= 12

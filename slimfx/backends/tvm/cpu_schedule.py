@@ -1,0 +1,109 @@
+"""Default CPU schedules for the kernels nothing else scheduled: parallel and vectorized loops.
+
+TVM's CPU pipeline applies no schedule: a kernel that is neither tuned (``tune=N``) nor
+scheduled by hand (the VNNI int8 dense) runs as plain loops on one thread. This module's
+rule, applied by :func:`default_cpu_schedule` to every PrimFunc not yet scheduled, gives each
+one a cheap schedule that is always valid:
+
+- producers and consumers that can be inlined are inlined (``compute_inline`` /
+  ``reverse_compute_inline``), so an elementwise chain is one loop nest;
+- each remaining block has its spatial loops fused into one; the fused loop is split into an
+  outer part run in parallel on the target's cores and, for blocks without a reduction, an
+  inner part of 8 or 16 iterations that is vectorized when the innermost dimension allows it
+  (its extent divides the vector length);
+- a block with a reduction keeps its reduction loops inside the parallel loop.
+
+Schedules never change results: the order of every reduction stays the same (only the
+spatial iterations are distributed), so float results are identical to the unscheduled code
+and integer results stay exact. A kernel the rule cannot handle is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+
+__all__ = ["CpuDefault", "default_cpu_schedule"]
+
+logger = logging.getLogger(__name__)
+
+# Below this many iterations a parallel loop costs more (thread wake-up) than it saves.
+_MIN_PARALLEL = 2048
+
+
+def _extent(sch: s_tir.Schedule, loop: Any) -> int | None:
+    ext = sch.get(loop).extent
+    return int(ext) if isinstance(ext, tirx.IntImm | int) else None
+
+
+def _vector_width(sch: s_tir.Schedule, loops: list[Any]) -> int:
+    """Largest of 16/8/4 dividing the innermost spatial loop (0: do not vectorize)."""
+    if not loops:
+        return 0
+    inner = _extent(sch, loops[-1])
+    for v in (16, 8, 4):
+        if inner is not None and inner % v == 0:
+            return v
+    return 0
+
+
+class CpuDefault(ScheduleRule):
+    """Inline, then parallel outer spatial loops and vectorized inner ones (see module doc)."""
+
+    def apply(self, func: tirx.PrimFunc, target: tvm.target.Target,
+              _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return self._schedule(func)
+        except Exception as e:  # noqa: BLE001 - a kernel the rule cannot handle stays plain
+            logger.debug("cpu schedule: left %s unscheduled: %s",
+                         func.attrs.get("global_symbol", "?") if func.attrs else "?", e)
+            return None
+
+    def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        reductions = []
+        for info in infos:
+            block = info.block_rv
+            kinds = info.dom_kind()
+            loops = sch.get_loops(block)
+            if len(loops) != len(kinds):
+                continue
+            s_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "S"]
+            r_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "R"]
+            o_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "O"]
+            if not s_loops:
+                continue
+            sch.reorder(*s_loops, *r_loops, *o_loops)
+            vec = 0 if r_loops or o_loops else _vector_width(sch, s_loops)
+            fused = sch.fuse(*s_loops)
+            total = _extent(sch, fused) or 0
+            if vec:
+                outer, inner = sch.split(fused, [None, vec])
+                sch.vectorize(inner)
+            else:
+                outer = fused
+            if total >= _MIN_PARALLEL or r_loops:
+                sch.parallel(outer)
+            if r_loops:
+                reductions.append((block, r_loops[0]))
+        for block, r_loop in reductions:
+            sch.decompose_reduction(block, r_loop)
+        return sch
+
+
+def default_cpu_schedule() -> Any:
+    """The module pass scheduling every unscheduled PrimFunc with :class:`CpuDefault`."""
+    from tvm.s_tir.dlight import ApplyDefaultSchedule
+
+    return ApplyDefaultSchedule(CpuDefault())
