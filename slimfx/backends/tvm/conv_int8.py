@@ -35,7 +35,7 @@ from tvm.relax import Expr
 from slimfx.backends.tvm.lower import LowerContext
 
 __all__ = ["packable", "packed_conv", "grouped_conv", "vnni_target", "vnni_dense_func",
-           "avx2_target", "avx2_conv", "avx2_im2col_func", "avx2_dense_func"]
+           "avx2_target", "avx2_conv", "avx2_im2col_func", "avx2_dense_func", "avx2_matmul"]
 
 R = relax.op
 
@@ -402,3 +402,25 @@ def avx2_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
     sch.vectorize(sch.get_loops(sch.get_sblock("qdense_pmaddwd_init"))[-1])
     func = sch.mod["main"]
     return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+
+
+def avx2_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
+    """``a @ w.T (+ bias)`` for an int16 ``a`` ``[M, K]`` and a constant integer ``w``
+    ``[N, K]`` (|w| < 2**15, ``N % 8 == 0``) on :func:`avx2_dense_func`; int32 ``[M, N]``.
+
+    Used by ``qlinear`` (``a = x - x_zero_point``) and the dynamic int8 matmuls
+    (``a`` = the run-time quantized activations). An odd ``K`` gets one zero column.
+    """
+    m, k = ctx.shape_of(a)
+    n = w.shape[0]
+    kp = k + k % 2
+    if kp != k:
+        a = ctx.emit(R.nn.pad(a, [0, 0, 0, 1]))
+    w2 = np.zeros((n, kp), dtype=np.int16)
+    w2[:, :k] = w
+    packed = w2.reshape(n // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
+    wp = ctx.const(np.ascontiguousarray(packed), "int16")
+    cb = ctx.const(np.zeros(n, np.int32) if bias is None else bias.astype(np.int32), "int32")
+    name = f"qdense_avx2_{m}x{kp}x{n}"
+    gv = ctx.bb.add_func(avx2_dense_func(m, kp, n).with_attr("global_symbol", name), name)
+    return ctx.emit(relax.call_tir(gv, [a, wp, cb], relax.TensorType((m, n), "int32")))

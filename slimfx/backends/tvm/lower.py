@@ -204,7 +204,7 @@ def _lower_node(ctx: LowerContext, node: Node, env: dict[int, relax.Expr]) -> No
         result = fn(ctx, node, *args)
     except LoweringError as e:
         raise LoweringError(f"{node.describe()}: {e}") from e
-    except (tvm.TVMError, ValueError, TypeError, IndexError) as e:
+    except (tvm.error.InternalError, RuntimeError, ValueError, TypeError, IndexError) as e:
         raise LoweringError(
             f"{node.describe()}: the TVM lowering of {node.op.name!r} failed: {e}. "
             "Check the node's attributes against the op definition, or report this as a "

@@ -181,10 +181,25 @@ def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
     return R.reshape(acc, [*shape[:-1], n])
 
 
+def _avx2_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
+                  b: Expr | None) -> Expr:
+    """``qlinear`` on x86 without VNNI: ``(x - zp)`` as int16 through the vpmaddwd dense."""
+    shape = ctx.shape_of(x)
+    m, k = int(np.prod(shape[:-1])), shape[-1]
+    xs = ctx.emit(R.reshape(_shifted(ctx, x, node.attrs["x_zero_point"], "int16"), [m, k]))
+    bias = b.value.numpy() if isinstance(b, tvm.ir.expr.Constant) else None
+    acc = conv_int8.avx2_matmul(ctx, xs, w, bias)
+    if b is not None and bias is None:
+        acc = _bias(ctx, acc, b, -1)
+    return R.reshape(acc, [*shape[:-1], w.shape[0]])
+
+
 @register_lowering("qlinear")
 def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     if isinstance(w, tvm.ir.expr.Constant) and ctx.dtype_of(w) == "int8":
         wn = w.value.numpy()
+        if conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
+            return _avx2_qlinear(ctx, node, x, wn, b)
         if wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0 and \
                 ctx.dtype_of(x) in ("int8", "uint8"):
             return _packed_qlinear(ctx, node, x, wn, b)
@@ -262,8 +277,17 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
                           ctx.scalar(127.0, "float32")))
     q = round_half_even(ctx, ctx.emit(R.divide(x, s)))
     q = ctx.emit(R.clip(q, -127.0, 127.0))
-    wt = ctx.permute(ctx.cast(w, "float64"), [1, 0])
-    acc = ctx.emit(R.matmul(ctx.cast(q, "float64"), wt))
+    shape = ctx.shape_of(x)
+    if isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
+            and ctx.shape_of(w)[0] % 8 == 0:
+        # integer products summed in int32: the same numbers as the float64 sum (exact)
+        m, k = int(np.prod(shape[:-1])), shape[-1]
+        qi = ctx.emit(R.reshape(ctx.cast(q, "int16"), [m, k]))
+        acc_i = conv_int8.avx2_matmul(ctx, qi, w.value.numpy(), None)
+        acc = ctx.emit(R.reshape(ctx.cast(acc_i, "float64"), [*shape[:-1], ctx.shape_of(w)[0]]))
+    else:
+        wt = ctx.permute(ctx.cast(w, "float64"), [1, 0])
+        acc = ctx.emit(R.matmul(ctx.cast(q, "float64"), wt))
     ws = ctx.const(np.asarray(w_scale, dtype=np.float64), "float64")
     y = ctx.emit(R.multiply(R.multiply(acc, ctx.cast(s, "float64")), ws))
     return ctx.cast(y, "float32")

@@ -19,6 +19,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax import Expr
 
+from slimfx.backends.tvm import dense_fp32
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.backends.tvm.lower_elementwise import clamp
 from slimfx.errors import LoweringError
@@ -53,6 +54,10 @@ def _conv1d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = No
 @register_lowering("conv2d")
 def _conv2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     a = node.attrs
+    if dense_fp32.applies(ctx, x, w, b, a["groups"]):  # x86: im2col + register-tiled dense
+        y = dense_fp32.conv2d_fp32(ctx, x, w, b, stride=a["stride"], padding=a["padding"],
+                                   dilation=a["dilation"])
+        return _act(ctx, node, y)
     y = ctx.emit(R.nn.conv2d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
                              a["dilation"], a["groups"]))
     return _act(ctx, node, _channel_bias(ctx, y, b, 4))
@@ -69,6 +74,8 @@ def _conv_t2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = 
 
 @register_lowering("linear")
 def _linear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
+    if dense_fp32.applies(ctx, x, w, b):  # x86: register-tiled dense on a packed weight
+        return _act(ctx, node, dense_fp32.linear_fp32(ctx, x, w, b))
     dt = ctx.dtype_of(x)
     y = ctx.emit(R.matmul(x, ctx.permute(ctx.cast(w, dt), [1, 0])))
     if b is not None:
