@@ -20,6 +20,7 @@ _LAZY = {
     "register_lowering": "slimfx.backends.tvm.lower",
     "has_lowering": "slimfx.backends.tvm.lower",
     "lower_graph": "slimfx.backends.tvm.lower",
+    "register_opaque_lowering": "slimfx.backends.tvm.lower_opaque",
     "LowerContext": "slimfx.backends.tvm.lower",
     "resolve_target": "slimfx.backends.tvm.targets",
     "KNOWN_TARGETS": "slimfx.backends.tvm.targets",

@@ -138,13 +138,17 @@ def _ensure_builtin() -> None:
         lower_elementwise,
         lower_int8,
         lower_nn,
+        lower_opaque,
         lower_rnn,
         lower_shape,
     )
 
 
 def _unsupported(graph: Graph) -> list[Node]:
-    return [n for n in graph.nodes if n.op.name not in _LOWERINGS]
+    from slimfx.backends.tvm.lower_opaque import has_opaque_lowering
+
+    return [n for n in graph.nodes if n.op.name not in _LOWERINGS
+            or (n.op.name == "opaque" and not has_opaque_lowering(n))]
 
 
 def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
