@@ -85,6 +85,37 @@ class LowerContext:
     def __init__(self, bb: relax.BlockBuilder) -> None:
         self.bb = bb
 
+    def is_static(self, expr: relax.Expr) -> bool:
+        """Whether ``expr`` depends on constants only (no graph input).
+
+        TVM's ``FoldConstant`` evaluates such sub-expressions at build time with a generic
+        CPU target, where hand-scheduled kernels using target intrinsics (VNNI, AVX2) do
+        not compile: lowerings use their portable form for static operands.
+        """
+        seen: dict[int, bool] = {}
+
+        def visit(e: Any) -> bool:
+            key = id(e)
+            if key in seen:
+                return seen[key]
+            if isinstance(e, tvm.ir.expr.Constant | relax.ShapeExpr):
+                result = True
+            elif isinstance(e, relax.Var):
+                binding = self.bb.lookup_binding(e)
+                result = binding is not None and visit(binding)
+            elif isinstance(e, relax.Call):
+                result = all(visit(a) for a in e.args)
+            elif isinstance(e, relax.Tuple):
+                result = all(visit(f) for f in e.fields)
+            elif isinstance(e, relax.TupleGetItem):
+                result = visit(e.tuple_value)
+            else:
+                result = False
+            seen[key] = result
+            return result
+
+        return visit(expr)
+
     def emit(self, expr: relax.Expr) -> relax.Var:
         """Emits ``expr`` into the current dataflow block and returns its variable."""
         return self.bb.emit(expr)

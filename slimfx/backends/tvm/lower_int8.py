@@ -128,7 +128,7 @@ def _qconv(nd: int):
     run-time weights, out channels not a multiple of 16)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
-        if isinstance(w, tvm.ir.expr.Constant):
+        if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x):
             wn = w.value.numpy()
             if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
                 return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"],
@@ -198,9 +198,11 @@ def _avx2_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
 def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     if isinstance(w, tvm.ir.expr.Constant) and ctx.dtype_of(w) == "int8":
         wn = w.value.numpy()
-        if conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
+        if ctx.is_static(x):  # folded at build time on a generic CPU: the portable form
+            pass
+        elif conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
             return _avx2_qlinear(ctx, node, x, wn, b)
-        if wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0 and \
+        elif wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0 and \
                 ctx.dtype_of(x) in ("int8", "uint8"):
             return _packed_qlinear(ctx, node, x, wn, b)
     xs = _shifted(ctx, x, node.attrs["x_zero_point"], "int32")
@@ -279,7 +281,7 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
     q = ctx.emit(R.clip(q, -127.0, 127.0))
     shape = ctx.shape_of(x)
     if isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
-            and ctx.shape_of(w)[0] % 8 == 0:
+            and ctx.shape_of(w)[0] % 8 == 0 and not ctx.is_static(x):
         # integer products summed in int32: the same numbers as the float64 sum (exact)
         m, k = int(np.prod(shape[:-1])), shape[-1]
         qi = ctx.emit(R.reshape(ctx.cast(q, "int16"), [m, k]))

@@ -202,3 +202,17 @@ def test_dense_tiles_fit_the_registers(m: int, blocks: int, tile: tuple[int, int
     mi, nb = conv_int8._dense_tiles(m, blocks)
     assert (mi, nb) == tile
     assert m % mi == 0 and blocks % nb == 0 and mi * nb <= 12
+
+
+def test_constant_operands_use_the_portable_form() -> None:
+    """A dynamic int8 LSTM starts from a constant zero state: its first projections are
+    folded at build time on a generic CPU, where the AVX2/VNNI kernels cannot compile (LLVM
+    aborted the whole process). They must take the portable form; results stay exact."""
+    from slimfx.models import get_model
+
+    model, (x,) = get_model("lstm", input_size=5, num_features=8, hidden_size=16,
+                            num_layers=2, num_classes=3)
+    g = slimfx.quantize(slimfx.trace(model, (x,)), pipeline="dynamic-int8")
+    out = slimfx.compile(g, "x86", tuning_db="/nonexistent-slimfx-db", progress=False)(x)
+    np.testing.assert_allclose(np.asarray(out), slimfx.to_torch(g)(x).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)
