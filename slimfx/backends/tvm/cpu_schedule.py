@@ -11,7 +11,10 @@ one a cheap schedule that is always valid:
   outer part run in parallel on the target's cores and, for blocks without a reduction, an
   inner part of 8 or 16 iterations that is vectorized when the innermost dimension allows it
   (its extent divides the vector length);
-- a block with a reduction keeps its reduction loops inside the parallel loop.
+- a block with a reduction keeps its reduction loops inside the parallel loop; when its
+  innermost spatial dimension allows, a vector of 4-16 outputs is innermost, below the
+  reduction loops (``out[.., j:j+8] += a[.., k] * b[.., k, j:j+8]``), else the reduction
+  is innermost.
 
 Schedules never change results: the order of every reduction stays the same (only the
 spatial iterations are distributed), so float results are identical to the unscheduled code
@@ -59,14 +62,16 @@ class CpuDefault(ScheduleRule):
               _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
-        try:
-            return self._schedule(func)
-        except Exception as e:  # noqa: BLE001 - a kernel the rule cannot handle stays plain
-            logger.debug("cpu schedule: left %s unscheduled: %s",
-                         func.attrs.get("global_symbol", "?") if func.attrs else "?", e)
-            return None
+        for vector_reductions in (True, False):
+            try:
+                return self._schedule(func, vector_reductions)
+            except Exception as e:  # noqa: BLE001 - try the simpler form, else leave it plain
+                logger.debug("cpu schedule (vector reductions %s) failed on %s: %s",
+                             vector_reductions,
+                             func.attrs.get("global_symbol", "?") if func.attrs else "?", e)
+        return None
 
-    def _schedule(self, func: tirx.PrimFunc) -> s_tir.Schedule | None:
+    def _schedule(self, func: tirx.PrimFunc, vector_reductions: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
@@ -84,8 +89,19 @@ class CpuDefault(ScheduleRule):
             o_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "O"]
             if not s_loops:
                 continue
+            vec = 0 if o_loops else _vector_width(sch, s_loops)
+            if r_loops and vec and vector_reductions:
+                # reduction outside an innermost vector of outputs: out[.., j:j+vec] += ...
+                # (each output still sums its terms in the same order)
+                s_out, s_vec = sch.split(s_loops[-1], [None, vec])
+                sch.reorder(*s_loops[:-1], s_out, *r_loops, s_vec)
+                sch.parallel(sch.fuse(*s_loops[:-1], s_out))
+                sch.vectorize(s_vec)  # before decompose_reduction, which would refuse it
+                reductions.append((block, r_loops[0]))
+                continue
             sch.reorder(*s_loops, *r_loops, *o_loops)
-            vec = 0 if r_loops or o_loops else _vector_width(sch, s_loops)
+            if r_loops:
+                vec = 0
             fused = sch.fuse(*s_loops)
             total = _extent(sch, fused) or 0
             if vec:

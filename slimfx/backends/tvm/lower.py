@@ -93,11 +93,13 @@ class LowerContext:
         not compile: lowerings use their portable form for static operands.
         """
         seen: dict[int, bool] = {}
+        alive: list[Any] = []  # FFI wrappers are created per lookup: keep them, or ids recur
 
         def visit(e: Any) -> bool:
             key = id(e)
             if key in seen:
                 return seen[key]
+            alive.append(e)
             if isinstance(e, tvm.ir.expr.Constant | relax.ShapeExpr):
                 result = True
             elif isinstance(e, relax.Var):
