@@ -208,12 +208,29 @@ def vnni_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
     bw = te.placeholder((oc // 16, kp // 4, 16, 4), "int8", name="B")
     cb = te.placeholder((oc,), "int32", name="CB")
     out = _dense_te(a, bw, cb)
-    sch = tvm.s_tir.Schedule(te.create_prim_func([a, bw, cb, out]))
     mi, nb, kc = _divisor(m, 4), _divisor(oc // 16, 4), _divisor(kp // 4, 16)
-    blk = sch.get_sblock("qdense_vnni")
+    return _schedule_packed_dense([a, bw, cb, out], "qdense_vnni", (16, 4), (mi, nb, kc),
+                                  "dot_16x4_vnni")
+
+
+def _schedule_packed_dense(tensors: list[te.Tensor], name: str, block: tuple[int, int],
+                           tiles: tuple[int, int, int], intrin: str) -> tirx.PrimFunc:
+    """The hand schedule shared by the VNNI and AVX2 dense kernels.
+
+    ``block = (lanes, taps)``: one intrinsic call computes ``lanes`` output channels over
+    ``taps`` reduction elements. ``tiles = (mi, nb, kc)``: ``mi`` rows x ``nb`` channel blocks
+    accumulate over chunks of ``kc`` intrinsic steps; the (row tile, channel tile) loop is
+    parallel (fused before ``decompose_reduction``/``tensorize``, after which ``parallel``
+    fails), the bias is added per tile. Marked ``tirx.is_scheduled`` and opaque
+    (``op_pattern`` 8) so that neither fusion nor meta-schedule replaces it.
+    """
+    lanes, taps = block
+    mi, nb, kc = tiles
+    sch = tvm.s_tir.Schedule(te.create_prim_func(tensors))
+    blk = sch.get_sblock(name)
     i, j, k = sch.get_loops(blk)
-    j0, j1 = sch.split(j, [None, 16])
-    k0, k1 = sch.split(k, [None, 4])
+    j0, j1 = sch.split(j, [None, lanes])
+    k0, k1 = sch.split(k, [None, taps])
     i0, i1 = sch.split(i, [None, mi])
     j0o, j0i = sch.split(j0, [None, nb])
     k0o, k0i = sch.split(k0, [None, kc])
@@ -222,12 +239,12 @@ def vnni_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
     sch.reverse_compute_at(epi, j0o)
     sch.parallel(sch.fuse(i0, j0o))
     sch.decompose_reduction(blk, k0o)
-    sch.tensorize(j1, "dot_16x4_vnni")
+    sch.tensorize(j1, intrin)
     sch.unroll(j0i)
     sch.unroll(i1)
-    _, inner = sch.split(sch.get_loops(epi)[-1], [None, 16])
+    _, inner = sch.split(sch.get_loops(epi)[-1], [None, lanes])
     sch.vectorize(inner)
-    sch.vectorize(sch.get_loops(sch.get_sblock("qdense_vnni_init"))[-1])
+    sch.vectorize(sch.get_loops(sch.get_sblock(f"{name}_init"))[-1])
     func = sch.mod["main"]
     return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
 
@@ -379,29 +396,9 @@ def avx2_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
         a[i, r].astype("int32") * bw[j // 8, r // 2, j % 8, r % 2].astype("int32"), axis=r),
         name="qdense_pmaddwd")
     out = te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
-    sch = tvm.s_tir.Schedule(te.create_prim_func([a, bw, cb, out]))
     mi, nb = _dense_tiles(m, oc // 8)
-    kc = _divisor(kp // 2, 16)
-    blk = sch.get_sblock("qdense_pmaddwd")
-    i, j, k = sch.get_loops(blk)
-    j0, j1 = sch.split(j, [None, 8])
-    k0, k1 = sch.split(k, [None, 2])
-    i0, i1 = sch.split(i, [None, mi])
-    j0o, j0i = sch.split(j0, [None, nb])
-    k0o, k0i = sch.split(k0, [None, kc])
-    sch.reorder(i0, j0o, k0o, k0i, i1, j0i, j1, k1)
-    epi = sch.get_sblock("qdense_bias")
-    sch.reverse_compute_at(epi, j0o)
-    sch.parallel(sch.fuse(i0, j0o))
-    sch.decompose_reduction(blk, k0o)
-    sch.tensorize(j1, _PMADDWD)
-    sch.unroll(j0i)
-    sch.unroll(i1)
-    _, inner = sch.split(sch.get_loops(epi)[-1], [None, 8])
-    sch.vectorize(inner)
-    sch.vectorize(sch.get_loops(sch.get_sblock("qdense_pmaddwd_init"))[-1])
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return _schedule_packed_dense([a, bw, cb, out], "qdense_pmaddwd", (8, 2),
+                                  (mi, nb, _divisor(kp // 2, 16)), _PMADDWD)
 
 
 def avx2_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
