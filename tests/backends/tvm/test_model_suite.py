@@ -1,6 +1,6 @@
 """Whole models through TVM: the foundation's suite of ``transformers`` architectures and the
 project's own zoo, compiled for x86 in fp32 (within 1e-4 of eager, relative to the output
-scale) and, for a subset, in fp16 (within fp16 tolerance)."""
+scale) and in fp16 (within fp16 tolerance)."""
 
 from __future__ import annotations
 
@@ -54,21 +54,24 @@ def test_zoo_model_fp32_on_x86_matches_eager(name: str) -> None:
     _check(name, ref, _leaves(compiled(*inputs)), 1e-4)
 
 
-@pytest.mark.parametrize("name", ["bert", "vit", "convnext", "resnet18", "transformer"])
+@pytest.mark.parametrize("name", [*HF_MODELS, *sorted(TINY)])
 def test_fp16_on_x86_matches_eager(name: str) -> None:
     """fp16 (softmax, norms and reductions kept fp32) compiled for x86: the error stays
     within a few fp16 ulps of the output scale."""
     if name in TINY:
         options, _ = TINY[name]
         model, args = get_model(name, batch_size=2, **options)
+        g = slimfx.trace(model, args)
         feeds = list(args)
+        with torch.no_grad():
+            ref = _leaves(model(*feeds))
     else:
         pytest.importorskip("transformers")
         model, inputs = hf_model(name)
-        args, feeds = (), list(inputs.values())
-    g = slimfx.trace(model, tuple(feeds))
+        g = slimfx.trace(model, inputs)
+        feeds = list(inputs.values())
+        with torch.no_grad():
+            ref = _leaves(model(**inputs))
     g16 = slimfx.quantize(g, pipeline="fp16")
     compiled = slimfx.compile(g16, "x86", tuning_db=NO_DB, progress=False)
-    with torch.no_grad():
-        ref = _leaves(model(*feeds))
     _check(name, ref, _leaves(compiled(*feeds)), 2e-2)
