@@ -226,3 +226,20 @@ def test_vnni_kernel_builds_on_any_host() -> None:
                                 "mcpu": "cascadelake"})
     lib = tvm.compile(tvm.IRModule({"vnni_dense": func}), target=target)
     assert "vpdpbusd" in lib.mod.inspect_source("asm")
+
+
+def test_linear_layers_with_odd_inputs_are_exact() -> None:
+    """qlinear and dynamic int8 linear with an odd number of inputs (the AVX2 kernel pads K
+    with a zero column): the same integers / floats as the torch reference."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 8)).eval()
+    x = torch.randn(3, 7)
+    g = slimfx.trace(model, (x,))
+    g8 = slimfx.quantize(g, [(torch.randn(3, 7),) for _ in range(3)], "ptq-int8")
+    assert [n.op.name for n in g8.nodes].count("qlinear") == 2
+    c8 = slimfx.compile(g8, "x86", tuning_db="/nonexistent-slimfx-db", progress=False)
+    assert torch.equal(torch.as_tensor(c8(x)), slimfx.to_torch(g8)(x))
+    gd = slimfx.quantize(g, pipeline="dynamic-int8")
+    cd = slimfx.compile(gd, "x86", tuning_db="/nonexistent-slimfx-db", progress=False)
+    assert torch.equal(torch.as_tensor(cd(x)), slimfx.to_torch(gd)(x).detach())
