@@ -48,7 +48,12 @@ log = logging.getLogger(__name__)
 def eligible_weights(graph: Graph, exclude: Iterable[str] = ()) -> list[Value]:
     """Weights magnitude pruning may touch, minus those whose weight or node name matches
     one of the ``exclude`` regexes."""
-    pats = [re.compile(p) for p in exclude]
+    pats = []
+    for p in (exclude,) if isinstance(exclude, str) else exclude:
+        try:
+            pats.append(re.compile(p))
+        except (re.error, TypeError) as e:
+            raise PruningError(f"prune-magnitude: exclude {p!r} is not a regex: {e}") from e
     out: dict[str, Value] = {}
     for node in graph.nodes:
         if not node.has(Trait.WEIGHTED) or len(node.inputs) < 2:
@@ -64,6 +69,8 @@ def eligible_weights(graph: Graph, exclude: Iterable[str] = ()) -> list[Value]:
 
 def parse_overrides(overrides: Mapping[str, float] | Sequence[str]) -> dict[str, float]:
     """``{"regex": s}`` or ``("regex=s", ...)`` -> ``{"regex": s}``, checked."""
+    if isinstance(overrides, str):
+        overrides = (overrides,)  # one override, not its letters
     if isinstance(overrides, Mapping):
         items = dict(overrides)
     else:
@@ -86,9 +93,16 @@ def parse_overrides(overrides: Mapping[str, float] | Sequence[str]) -> dict[str,
     return items
 
 
-def _check_sparsity(s: float, what: str) -> None:
-    if not 0.0 <= s < 1.0:
-        raise PruningError(f"prune-magnitude: {what} sparsity={s} must lie in [0, 1)")
+def _check_sparsity(s: object, what: str) -> None:
+    if isinstance(s, bool) or not isinstance(s, int | float) or not 0.0 <= float(s) < 1.0:
+        raise PruningError(f"prune-magnitude: {what} sparsity={s!r} must lie in [0, 1): the "
+                           "share of weights set to zero")
+
+
+def _check_scope(scope: object) -> None:
+    if scope not in ("global", "layer"):
+        raise PruningError(f"prune-magnitude: scope={scope!r}; choose global (one threshold "
+                           "for all weights) or layer (each weight alone)")
 
 
 def _smallest_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -105,6 +119,7 @@ def magnitude_masks(weights: Mapping[str, torch.Tensor], sparsity: float, *,
                     overrides: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks (bool) for ``weights`` by name; see the module docstring."""
     _check_sparsity(sparsity, "target")
+    _check_scope(scope)
     overrides = dict(overrides or {})
     masks: dict[str, torch.Tensor] = {}
     ranked: dict[str, torch.Tensor] = {}
@@ -132,9 +147,16 @@ def magnitude_prune(graph: Graph, sparsity: float = 0.5, *,
     """Masks ``graph``'s weights in place; returns how many weights were masked.
 
     Raises:
-        PruningError: a sparsity outside [0, 1), a malformed override, or no
-            eligible weight (all excluded).
+        PruningError: ``graph`` is not a slimfx graph, a sparsity outside [0, 1), an
+            unknown scope, a malformed override, or no eligible weight (all excluded).
     """
+    if not isinstance(graph, Graph):
+        hint = ("trace it first with slimfx.trace(model, example_inputs)"
+                if isinstance(graph, torch.nn.Module) else "pass the graph from slimfx.trace")
+        raise PruningError(f"prune-magnitude: graph is a {type(graph).__name__}, not a slimfx "
+                           f"graph; {hint}")
+    _check_sparsity(sparsity, "target")
+    _check_scope(scope)
     ov = parse_overrides(overrides)
     weights = eligible_weights(graph, exclude)
     if not weights:

@@ -7,7 +7,11 @@
    ``ratio`` of every group, ``scope=global`` ranks units of all groups together
    after dividing each group's scores by the group mean; kept counts are rounded
    up so that every group keeps a multiple of ``round_to`` channels (and at least
-   ``round_to``), blocked units are never removed;
+   ``round_to``), blocked units are never removed. ``round_to`` is 1 by default
+   (prune exactly what was asked, like Torch-Pruning's ``round_to=None``); a larger
+   value (a kernel's vector width) can only remove less than asked, so a group where
+   rounding removes less than half of the units asked for (or none) is logged as a
+   warning naming the group, the requested and achieved counts and ``round_to``;
 4. the graph is rewritten: every sliced constant is cut with ``index_select``,
    node attributes follow (depthwise ``groups``, ``group_norm`` groups, reshape
    and expand shapes, split sizes, slice bounds) and result types are inferred
@@ -29,7 +33,7 @@ from typing import Literal
 
 import torch
 
-from slimfx.errors import PruningError
+from slimfx.errors import PipelineError, PruningError
 from slimfx.ir.core import Graph, Node
 from slimfx.ir.shapes import norm_axis
 from slimfx.passes.base import Pass, PassResult
@@ -39,9 +43,14 @@ from slimfx.passes.prune.importance import Scorer, get_scorer, unit_importance
 from slimfx.passes.registry import register_pass
 
 __all__ = ["ChannelPlan", "plan_channel_pruning", "apply_channel_plan", "mask_channel_plan",
-           "prune_channels", "PruneChannels"]
+           "prune_channels", "PruneChannels", "DEFAULT_ROUND_TO", "check_request"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_ROUND_TO = 1
+"""The default ``round_to`` of ``prune-channels`` and :func:`prune_channels` alike."""
+
+_SCOPES = ("global", "uniform")
 
 
 @dataclass(frozen=True)
@@ -62,8 +71,40 @@ class ChannelPlan:
         return "\n".join(lines)
 
 
-def _check_names(graph: Graph, names: Iterable[str]) -> tuple[str, ...]:
-    names = tuple(names)
+def check_request(ratio: object, round_to: object, scope: object) -> None:
+    """Refuses a ``ratio`` outside [0, 1), a ``round_to`` that is not an int >= 1, or an
+    unknown ``scope``, naming the argument.
+
+    Raises:
+        PruningError: one of them is out of range or of the wrong type.
+    """
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) \
+            or not 0.0 <= float(ratio) < 1.0:
+        raise PruningError(f"prune-channels: ratio={ratio!r} must lie in [0, 1): the share of "
+                           "channels to remove (0.5 removes half)")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise PruningError(f"prune-channels: round_to={round_to!r} must be an int >= 1 (1 "
+                           "prunes exactly the ratio; 8 or 16 keep multiples of a vector width)")
+    if scope not in _SCOPES:
+        raise PruningError(f"prune-channels: scope={scope!r}; choose global or uniform")
+
+
+def _expect_graph(graph: object) -> Graph:
+    if isinstance(graph, Graph):
+        return graph
+    if isinstance(graph, torch.nn.Module):
+        raise PruningError(f"prune-channels: graph is a torch module ({type(graph).__name__}), "
+                           "not a slimfx graph; trace it first with "
+                           "slimfx.trace(model, example_inputs) and pass the result")
+    raise PruningError(f"prune-channels: graph must be a slimfx Graph (from slimfx.trace), got "
+                       f"{type(graph).__name__}")
+
+
+def _check_names(graph: Graph, names: Iterable[str] | str) -> tuple[str, ...]:
+    names = (names,) if isinstance(names, str) else tuple(names)  # one name, not its letters
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise PruningError(f"prune-channels: protect holds node names (str), got {bad[0]!r}")
     known = {n.name for n in graph.nodes}
     missing = [n for n in names if n not in known]
     if missing:
@@ -74,21 +115,19 @@ def _check_names(graph: Graph, names: Iterable[str]) -> tuple[str, ...]:
 
 def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
                          importance: str | Scorer = "l1",
-                         scope: Literal["global", "uniform"] = "global", round_to: int = 1,
-                         protect: Sequence[str] = (),
+                         scope: Literal["global", "uniform"] = "global",
+                         round_to: int = DEFAULT_ROUND_TO,
+                         protect: Sequence[str] | str = (),
                          deps: ChannelDeps | None = None) -> ChannelPlan:
     """Chooses the units to remove; see the module docstring.
 
     Raises:
-        PruningError: ``ratio`` outside [0, 1), an unknown protected name, an
-            unknown importance or scope, or nothing left that may be pruned.
+        PruningError: ``ratio`` outside [0, 1), ``round_to`` not an int >= 1, an
+            unknown protected name, an unknown importance or scope, or nothing left
+            that may be pruned.
     """
-    if not 0.0 <= ratio < 1.0:
-        raise PruningError(f"prune-channels: ratio={ratio} must lie in [0, 1)")
-    if round_to < 1:
-        raise PruningError(f"prune-channels: round_to={round_to} must be >= 1")
-    if scope not in ("global", "uniform"):
-        raise PruningError(f"prune-channels: scope={scope!r}; choose global or uniform")
+    graph = _expect_graph(graph)
+    check_request(ratio, round_to, scope)
     scorer = get_scorer(importance)
     protect = _check_names(graph, protect)
     if deps is None or protect:
@@ -122,6 +161,7 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
             targets[gid] = targets.get(gid, 0) + 1
             budget -= width
     pruned: set[int] = set()
+    short: list[str] = []  # groups where rounding cancels most of the request
     for g in groups:
         cands = sorted((a for a in g.prunable if a in scores), key=lambda a: scores[a])
         if not cands:
@@ -129,11 +169,22 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
             continue
         step = round_to // math.gcd(round_to, g.width)
         n = len(g.atoms)
-        if n <= step:
-            continue
-        keep = n - targets.get(g.id, 0)
-        keep = min(n, max(step, math.ceil(keep / step) * step))
-        pruned.update(cands[:min(n - keep, len(cands))])
+        asked = targets.get(g.id, 0)
+        keep = min(n, max(step, math.ceil((n - asked) / step) * step))
+        got = min(n - keep, len(cands))
+        pruned.update(cands[:got])
+        asked = min(asked, len(cands))  # blocked units are never removed, rounding or not
+        if asked > 0 and got < asked / 2:
+            w = g.width
+            heads = f" (units of {w})" if w > 1 else ""
+            short.append(f"group {g.id} ({', '.join(g.members[:2])}): {asked * w} of {n * w} "
+                         f"channels asked{heads}, {got * w} removed")
+    if short:
+        more = f"; and {len(short) - 10} more" if len(short) > 10 else ""
+        log.warning("prune-channels: round_to=%d removes much less than ratio=%g asks in %d "
+                    "group(s): %s%s. Every group keeps a multiple of round_to channels (at "
+                    "least round_to); lower round_to (1 prunes exactly the ratio)", round_to,
+                    ratio, len(short), "; ".join(short[:10]), more)
     _keep_every_value_alive(deps, pruned, scores)
     return ChannelPlan(deps, frozenset(pruned))
 
@@ -235,8 +286,8 @@ def mask_channel_plan(graph: Graph, plan: ChannelPlan) -> Graph:
 
 
 def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer = "l1",
-                   scope: Literal["global", "uniform"] = "global", round_to: int = 1,
-                   protect: Sequence[str] = ()) -> Graph:
+                   scope: Literal["global", "uniform"] = "global",
+                   round_to: int = DEFAULT_ROUND_TO, protect: Sequence[str] | str = ()) -> Graph:
     """Removes ``ratio`` of the prunable channels; returns a new, verified graph.
 
     Args:
@@ -245,8 +296,10 @@ def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer
         importance: ``l1``, ``l2``, ``bn-scale`` or a callable
             ``fn(role, const_name, matrix[positions, rest]) -> Tensor[positions] | None``.
         scope: ``global`` (one ranking over all groups) or ``uniform`` (per group).
-        round_to: every pruned group keeps a multiple of this many channels.
-        protect: node names whose input and output channels are kept.
+        round_to: every pruned group keeps a multiple of this many channels (and at
+            least this many); 1 (the default) prunes exactly ``ratio``. A group where
+            rounding removes less than half of what was asked is logged as a warning.
+        protect: node names (or one name) whose input and output channels are kept.
 
     Raises:
         PruningError: see :func:`plan_channel_pruning`.
@@ -267,7 +320,8 @@ class PruneChannels(Pass):
         ratio: share of prunable channels to remove, in [0, 1).
         importance: l1, l2 or bn-scale.
         scope: global or uniform.
-        round_to: keep a multiple of this many channels per group.
+        round_to: keep a multiple of this many channels per group (default 1: exactly
+            ``ratio``; the same default as :func:`prune_channels`).
         protect: node names whose channels are kept.
     """
 
@@ -275,8 +329,15 @@ class PruneChannels(Pass):
     ratio: float = 0.5
     importance: Literal["l1", "l2", "bn-scale"] = "l1"
     scope: Literal["global", "uniform"] = "global"
-    round_to: int = 16
+    round_to: int = DEFAULT_ROUND_TO
     protect: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            check_request(self.ratio, self.round_to, self.scope)
+        except PruningError as e:  # a bad option: reported where the pipeline is parsed
+            raise PipelineError(str(e)) from e
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         from slimfx.passes.prune.dependency import ChannelDependencyAnalysis

@@ -10,9 +10,10 @@ zero bias is added where the node had none). Activations and ranges are untouche
 only the int32 bias of the integer program changes.
 
 It runs on a *calibrated* graph (weight observers still in place, before
-``quantize-dequantize``). :func:`slimfx.quantize` runs it by default
-(``bias_correction=True``); as a registered pass it needs the calibration data in
-``ctx.data`` (a list of batches).
+``quantize-dequantize``). :func:`slimfx.quantize` runs it when asked
+(``bias_correction=True``, or ``bias-correction`` in its pipeline string); as a
+registered pass it needs the calibration data in ``ctx.data`` (a list of batches),
+which :func:`slimfx.quantize` provides.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from slimfx.errors import CalibrationError
 from slimfx.ir.core import Graph, Node
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
-from slimfx.passes.quant.calibrate import _as_args, _check_inputs
+from slimfx.passes.quant.arguments import batch_args, check_data, check_num_batches, no_data_error
 from slimfx.passes.quant.quantize_dequantize import observer_qparams, qparams_attrs
 from slimfx.passes.registry import register_pass
 
@@ -68,16 +69,14 @@ def _input_means(graph: Graph, nodes: list[Node], data: Iterable[Any],
         for batch in data:
             if num_batches is not None and seen >= num_batches:
                 break
-            args = _as_args(batch)
-            _check_inputs(graph, args, seen)
+            args = batch_args(graph, batch, seen)
             outs = module(*args)
             outs = [outs] if isinstance(outs, torch.Tensor) else list(outs)
             means = [o.to(torch.float64).mean(0, keepdim=True) for o in outs]
             sums = means if sums is None else [s + m for s, m in zip(sums, means, strict=True)]
             seen += 1
     if sums is None:
-        raise CalibrationError(f"bias correction of graph @{graph.name} got no data; pass an "
-                               "iterable with at least one batch")
+        raise no_data_error(graph, data, "bias correction")
     return [s / seen for s in sums]
 
 
@@ -103,6 +102,8 @@ def bias_correction(graph: Graph, data: Iterable[Any], num_batches: int | None =
     Raises:
         CalibrationError: no data, or batches that do not fit the graph inputs.
     """
+    data = check_data(data, "bias-correction")
+    check_num_batches(num_batches, "bias-correction")
     targets = _targets(graph)
     if not targets:
         return 0

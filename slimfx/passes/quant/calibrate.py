@@ -19,39 +19,18 @@ from tqdm.auto import tqdm
 from slimfx.backends.torch import KERNELS, to_torch
 from slimfx.errors import CalibrationError, SlimfxError
 from slimfx.ir.core import Graph, Node
-from slimfx.passes.quant.observers import ObserverModule, make_observer
+from slimfx.passes.quant.arguments import (
+    batch_args,
+    check_data,
+    check_num_batches,
+    expect_graph,
+    no_data_error,
+)
+from slimfx.passes.quant.observers import EPS, ObserverModule, make_observer, qparams_from_range
 
 __all__ = ["calibrate"]
 
 logger = logging.getLogger(__name__)
-
-
-def _as_args(batch: Any) -> tuple[torch.Tensor, ...]:
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (list, tuple)):
-        return tuple(batch)
-    if isinstance(batch, dict):
-        return tuple(batch.values())
-    raise CalibrationError(f"calibration batches must be tensors or tuples of tensors, got "
-                           f"{type(batch).__name__}")
-
-
-def _check_inputs(graph: Graph, args: tuple, index: int) -> None:
-    if len(args) != len(graph.inputs):
-        raise CalibrationError(
-            f"calibration batch {index} has {len(args)} tensors but graph @{graph.name} takes "
-            f"{len(graph.inputs)} inputs ({', '.join('%' + v.name for v in graph.inputs)}); "
-            "for (inputs, labels) batches pass the inputs only, e.g. (x for x, _ in loader)")
-    for v, a in zip(graph.inputs, args, strict=True):
-        if not isinstance(a, torch.Tensor):
-            raise CalibrationError(f"calibration batch {index}: input %{v.name} is a "
-                                   f"{type(a).__name__}, not a tensor")
-        if tuple(a.shape) != v.type.shape:
-            raise CalibrationError(
-                f"calibration batch {index}: input %{v.name} has shape {tuple(a.shape)} but "
-                f"the graph was traced with {v.type}; batch the data like the example inputs "
-                "(shapes are static; use drop_last=True in a DataLoader)")
 
 
 def instrumented_module(graph: Graph) -> tuple[torch.nn.Module, list[tuple[Node, ObserverModule]]]:
@@ -81,10 +60,15 @@ def calibrate(graph: Graph, data: Iterable[Any], num_batches: int | None = None,
               progress: bool = True) -> Graph:
     """Runs ``data`` through ``graph`` and writes the observed ranges into its observers.
 
+    An observer of an activation that saw one value only (all zeros, or a constant) has
+    an empty range: its scale comes from the range widened to contain 0 (``2**-23`` for
+    all zeros, see :mod:`~slimfx.passes.quant.observers`) and a warning names it.
+
     Args:
         graph: a graph with ``observer`` nodes (see ``insert-observers``); edited in place.
-        data: an iterable of batches; a batch is a tensor or a tuple of tensors, one per
-            graph input, shaped like the graph's inputs.
+        data: an iterable of batches; a batch is a tensor, a tuple of tensors (one per
+            graph input) or a dict keyed by input name, shaped like the graph's inputs
+            (see :mod:`~slimfx.passes.quant.arguments`).
         num_batches: stop after this many batches (all of them by default).
         progress: show a tqdm progress bar.
 
@@ -93,23 +77,25 @@ def calibrate(graph: Graph, data: Iterable[Any], num_batches: int | None = None,
 
     Raises:
         CalibrationError: no observers, no data, a batch that does not fit the
-            graph inputs, or NaN/inf values reaching an observer (named).
+            graph inputs, NaN/inf in the data (input named) or reaching an observer
+            (observer named).
     """
+    graph = expect_graph(graph, "slimfx.calibrate", CalibrationError)
+    data = check_data(data, "slimfx.calibrate")
+    check_num_batches(num_batches, "slimfx.calibrate")
     if not graph.find("observer"):
         raise CalibrationError(f"graph @{graph.name} has no observer nodes; run the "
                                "'insert-observers' pass (or slimfx.quantize) first")
     module, pairs = instrumented_module(graph)
     seen = 0
     total = num_batches
-    if total is None and hasattr(data, "__len__"):
-        total = len(data)  # type: ignore[arg-type]
+    if hasattr(data, "__len__"):
+        n = len(data)  # type: ignore[arg-type]
+        total = n if total is None else min(total, n)
     with torch.no_grad():
         for batch in tqdm(data, total=total, desc="calibrate", disable=not progress,
                           leave=False):
-            if num_batches is not None and seen >= num_batches:
-                break
-            args = _as_args(batch)
-            _check_inputs(graph, args, seen)
+            args = batch_args(graph, batch, seen)
             try:
                 module(*args)
             except SlimfxError:
@@ -118,11 +104,41 @@ def calibrate(graph: Graph, data: Iterable[Any], num_batches: int | None = None,
                 raise CalibrationError(f"calibration batch {seen} failed in the torch "
                                        f"backend: {type(e).__name__}: {e}") from e
             seen += 1
+            if num_batches is not None and seen >= num_batches:
+                break
     if seen == 0:
-        raise CalibrationError(f"calibration of graph @{graph.name} got no data; pass an "
-                               "iterable with at least one batch")
+        raise no_data_error(graph, data, "calibration")
+    empty = []
     for node, obs in pairs:
         lo, hi = obs.range()
         node.set_attrs(min_val=lo, max_val=hi)
+        if not node.inputs[0].is_const:  # weights: a zero (pruned) channel is expected
+            empty += _empty_ranges(node, lo, hi)
+    if empty:
+        more = f"; and {len(empty) - 10} more" if len(empty) > 10 else ""
+        logger.warning(
+            "calibration of @%s: %d observer(s) saw a single value, an empty range: %s%s. "
+            "Check that the calibration data is real (not zeros or a constant) and reaches "
+            "these nodes", graph.name, len(empty), "; ".join(empty[:10]), more)
     logger.info("calibrated %d observers of @%s on %d batches", len(pairs), graph.name, seen)
     return graph
+
+
+def _empty_ranges(node: Node, lo: list[float], hi: list[float]) -> list[str]:
+    """One description per channel of ``node`` whose observed range is a single value."""
+    a = node.attrs
+    qp = qparams_from_range(lo, hi, dtype=a["dtype"], qmin=a["qmin"], qmax=a["qmax"],
+                            symmetric=a["symmetric"], axis=a["axis"])
+    out = []
+    for c, (x, y, scale) in enumerate(zip(lo, hi, qp.scale, strict=True)):
+        if x != y:
+            continue
+        src = f", {node.source}" if node.source is not None else ""
+        where = (f"observer %{node.name} (of %{node.inputs[0].name}{src})"
+                 + (f" channel {c}" if len(lo) > 1 else ""))
+        what = "only zeros" if x == 0 else f"only the value {x:.6g}"
+        widened = f"[{min(x, 0.0):.6g}, {max(x, 0.0):.6g}]"
+        used = ("2**-23, the smallest scale" if scale == EPS
+                else f"{scale:.6g} from the range {widened}")
+        out.append(f"{where} saw {what}, scale {used}")
+    return out

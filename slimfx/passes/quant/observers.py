@@ -14,7 +14,11 @@ Range -> quantization parameters (``qparams_from_range``), for an integer range
 - symmetric: ``scale = max(-lo, hi) / ((qmax - qmin) / 2)``, ``zp = (qmin + qmax + 1)
   // 2`` (0 for int8 ``[-128, 127]`` and ``[-127, 127]``);
 - a scale below ``EPS = 2**-23`` (float32 machine epsilon; e.g. a constant-zero
-  tensor) becomes ``EPS``: scales are never zero or NaN.
+  tensor) becomes ``EPS``: scales are never zero or NaN. :func:`slimfx.calibrate`
+  warns about every activation observer whose range is a single value (all zeros, or
+  a constant), naming it and the scale used;
+- NaN or inf reaching an observer raises :class:`~slimfx.errors.CalibrationError`
+  naming it, so no range (and no scale) is ever computed from non-finite values.
 
 Histogram range choices (per tensor): ``percentile`` keeps the
 ``[100-p, p]`` percentiles; ``mse`` picks, among the 64 x 64 ranges ``[t1 * lo, t2 * hi]``

@@ -23,11 +23,18 @@ from typing import Any
 import torch
 
 from slimfx.backends.torch import KERNELS, to_torch
-from slimfx.errors import CalibrationError
+from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Value
 from slimfx.ir.types import QParams
 from slimfx.passes.quant.api import prepare_ptq
-from slimfx.passes.quant.calibrate import _as_args, calibrate
+from slimfx.passes.quant.arguments import (
+    batch_args,
+    check_data,
+    check_num_batches,
+    expect_graph,
+    no_data_error,
+)
+from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.convert_int8 import convert_int8
 from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.quantize_dequantize import qparams_attrs, to_qdq
@@ -63,10 +70,23 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         data: batches, used both to calibrate and to measure.
         qconfig: as for :func:`slimfx.quantize`.
         num_batches: use at most this many batches.
+
+    Raises:
+        QuantizationError: ``graph`` is not a float slimfx graph, or ``qconfig`` is not a
+            QConfig.
+        CalibrationError: no data, or batches that do not fit the graph inputs.
     """
-    batches = list(data)[:num_batches]
-    if not batches:
-        raise CalibrationError("slimfx.report needs at least one batch of data")
+    graph = expect_graph(graph, "slimfx.report", QuantizationError)
+    data = check_data(data, "slimfx.report")
+    check_num_batches(num_batches, "slimfx.report")
+    if qconfig is not None and not isinstance(qconfig, QConfig):
+        raise QuantizationError(f"slimfx.report: qconfig must be a QConfig (e.g. "
+                                f"QConfig.preset('x86')), got {type(qconfig).__name__}")
+    raw = list(data)[:num_batches]
+    if not raw:
+        raise no_data_error(graph, data, "slimfx.report")
+    # checked once, up front: the same batches calibrate and then measure
+    batches = [batch_args(graph, b, i) for i, b in enumerate(raw)]
     prepared = prepare_ptq(graph, qconfig)
     calibrate(prepared, batches, progress=False)
     float_g = prepared.clone()
@@ -91,7 +111,7 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
     ref_mod, int_mod = to_torch(float_g, trainable=False), to_torch(int8, trainable=False)
     with torch.no_grad():
         for batch in batches:
-            args = _as_args(batch)
+            args = batch
             fs = _tuple(f_mod(*args))
             qs = [KERNELS["dequantize"](t, **qparams_attrs(_qp(v)))
                   for t, (_, _, v) in zip(_tuple(q_mod(*args)), layers, strict=True)]

@@ -150,7 +150,7 @@ def test_calibration_errors_are_clear(digits):
         slimfx.calibrate(prepared, [], progress=False)
     bad = train[0].clone()
     bad[0, 0, 0, 0] = math.nan
-    with pytest.raises(CalibrationError, match=r"observer %x.obs saw NaN"):
+    with pytest.raises(CalibrationError, match=r"batch 0: input %x has 1 NaN and 0 inf"):
         slimfx.calibrate(prepared, [bad], progress=False)
     with pytest.raises(CalibrationError, match=r"input %x has shape \(3, 1, 8, 8\)"):
         slimfx.calibrate(prepared, [train[0][:3]], progress=False)
