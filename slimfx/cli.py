@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from slimfx.errors import SlimfxError
 
@@ -63,10 +65,34 @@ def _models() -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad usage in one line (``slimfx: error: ...``), status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _report(e: SlimfxError, verbose: bool) -> int:
+    """Prints ``e`` as one line on stderr (the whole traceback with ``-v``); returns 2."""
+    if verbose:
+        traceback.print_exception(e)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else type(e).__name__
+    more = " (run with -v for details)" if len(lines) > 1 and not verbose else ""
+    print(f"slimfx: error: {first}{more}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``slimfx`` script; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="slimfx", description="slimfx: compress and compile "
-                                     "PyTorch models through one IR")
+    """Entry point of the ``slimfx`` script; returns the exit status.
+
+    Bad input (unknown pipeline or pass names, malformed pipeline strings, bad
+    arguments, any :class:`~slimfx.errors.SlimfxError`) prints one line to stderr
+    and returns 2; ``-v`` prints the traceback too.
+    """
+    parser = _Parser(prog="slimfx", description="slimfx: compress and compile "
+                     "PyTorch models through one IR")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pipelines", help="named pipelines and their expansion")
@@ -78,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--target", default="x86", help="TVM target (default x86)")
     d.add_argument("--no-compile", action="store_true", help="stop after int8")
     d.add_argument("--threads", type=int, default=1, help="CPU threads (0 = library defaults)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or bad usage already reported in one line
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -94,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                           *(["--no-compile"] if args.no_compile else []),
                           "--threads", str(args.threads)])
     except SlimfxError as e:
-        print(f"slimfx: error: {e}", file=sys.stderr)
-        return 2
+        return _report(e, args.verbose)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ passes treat them like built-in ones.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -83,7 +84,10 @@ class AttrDef:
             if self.default is None:
                 return None
             raise TypeError(f"{op}: attribute {self.name!r} may not be None")
-        value = _freeze(value)
+        try:
+            value = _freeze(value)
+        except TypeError as e:
+            raise TypeError(f"{op}: attribute {self.name!r}: {e}") from None
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{op}: attribute {self.name!r} expects a float, got {value!r}")
@@ -111,11 +115,16 @@ class AttrDef:
         return value
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple((k, _freeze(v)) for k, v in value.items())
+MAX_ATTR_DEPTH = 32  # deepest nesting of lists in an attribute value
+
+
+def _freeze(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, list | tuple | dict):
+        if depth >= MAX_ATTR_DEPTH:
+            raise TypeError(f"attribute value nested deeper than {MAX_ATTR_DEPTH} levels")
+        if isinstance(value, dict):
+            return tuple((k, _freeze(v, depth + 1)) for k, v in value.items())
+        return tuple(_freeze(v, depth + 1) for v in value)
     return value
 
 
@@ -250,9 +259,11 @@ def get_op(name: str) -> OpDef:
     _ensure_builtin()
     try:
         return _REGISTRY[name]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: an unhashable name
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnsupportedOpError(
-            f"unknown op {name!r}: register it with slimfx.ir.register_op(OpDef(...))"
+            f"unknown op {name!r}{hint}: register it with slimfx.ir.register_op(OpDef(...))"
         ) from None
 
 

@@ -14,7 +14,7 @@ from slimfx.errors import VerifyError
 from slimfx.ir.core import Graph, Node, Value
 from slimfx.ir.types import TensorType
 
-__all__ = ["verify"]
+__all__ = ["verify", "verify_node"]
 
 
 def _fail(node: Node | None, msg: str) -> VerifyError:
@@ -26,7 +26,7 @@ def _check_qparams(v: Value, node: Node | None) -> None:
     qp = v.qparams
     if qp is None or qp.axis is None:
         return
-    if not -v.type.rank <= qp.axis < max(v.type.rank, 1):
+    if not (v.type.rank > 0 and -v.type.rank <= qp.axis < v.type.rank):
         raise _fail(node, f"%{v.name}: quantization axis {qp.axis} out of range for {v.type}")
     n = v.type.shape[qp.axis]
     if len(qp.scale) != n:
@@ -64,37 +64,13 @@ def verify(graph: Graph) -> None:
     count = 0
     for node in graph.nodes:
         count += 1
-        op = node.op
         if node.graph is not graph:
             raise _fail(node, "node does not belong to this graph")
-        n_in = len(node.inputs)
-        if n_in < op.min_operands or n_in > op.max_operands:
-            raise _fail(node, f"{n_in} operands, but {op.name} takes {list(op.operands)}")
         for i, v in enumerate(node.inputs):
             if id(v) not in defined:
                 raise _fail(node, f"operand {i} %{v.name} is not defined before use")
-            if v._uses.get((id(node), i)) is None:
-                raise _fail(node, f"operand {i} %{v.name} misses its use record")
-        try:
-            normalized = op.make_attrs(dict(node.attrs))
-        except TypeError as e:
-            raise _fail(node, str(e)) from e
-        if normalized != node.attrs:
-            raise _fail(node, f"attributes {dict(node.attrs)} are not normalized")
-        if op.num_results >= 0 and len(node.outputs) != op.num_results:
-            raise _fail(node, f"{len(node.outputs)} results, {op.name} has {op.num_results}")
-        if op.infer is not None:
-            try:
-                expected = op.infer([v.type for v in node.inputs], node.attrs)
-            except (ValueError, IndexError, KeyError, TypeError, ZeroDivisionError) as e:
-                raise _fail(node, f"type inference failed: {e}") from e
-            got = [o.type for o in node.outputs]
-            if expected != got:
-                raise _fail(node, "result types " + ", ".join(map(str, got))
-                            + " differ from inferred " + ", ".join(map(str, expected)))
-        for i, o in enumerate(node.outputs):
-            if o.producer is not node or o.index != i:
-                raise _fail(node, f"result %{o.name} does not point back at its node")
+        verify_node(node)
+        for o in node.outputs:
             define(o, node)
     if count != len(graph):
         raise _fail(None, f"node count {len(graph)} does not match the node list ({count})")
@@ -110,3 +86,44 @@ def verify(graph: Graph) -> None:
             raise _fail(None, f"graph output %{v.name} is not defined")
     if graph.output_names is not None and len(graph.output_names) != len(graph.outputs):
         raise _fail(None, "output_names and outputs differ in length")
+
+
+_INFER_ERRORS = (ValueError, IndexError, KeyError, TypeError, ArithmeticError, AttributeError,
+                 RuntimeError)
+
+
+def verify_node(node: Node) -> None:
+    """Checks one node against its op: operand count, use records, attributes, result types.
+
+    Raises:
+        VerifyError: names the node, its op and what is wrong (for result types,
+            both the recorded and the inferred ones).
+    """
+    op = node.op
+    n_in = len(node.inputs)
+    if n_in < op.min_operands or n_in > op.max_operands:
+        raise _fail(node, f"{n_in} operands, but {op.name} takes {list(op.operands)}")
+    for i, v in enumerate(node.inputs):
+        if v._uses.get((id(node), i)) is None:
+            raise _fail(node, f"operand {i} %{v.name} misses its use record")
+    try:
+        normalized = op.make_attrs(dict(node.attrs))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise _fail(node, str(e)) from e
+    if normalized != node.attrs:
+        raise _fail(node, f"attributes {dict(node.attrs)} are not normalized")
+    if op.num_results >= 0 and len(node.outputs) != op.num_results:
+        raise _fail(node, f"{len(node.outputs)} results, {op.name} has {op.num_results}")
+    if op.infer is not None:
+        try:
+            expected = op.infer([v.type for v in node.inputs], node.attrs)
+        except _INFER_ERRORS as e:
+            raise _fail(node, f"type inference failed: {type(e).__name__}: {e}") from e
+        got = [o.type for o in node.outputs]
+        if expected != got:
+            raise _fail(node, "result types " + ", ".join(map(str, got))
+                        + " differ from inferred " + ", ".join(map(str, expected)))
+    for i, o in enumerate(node.outputs):
+        if o.producer is not node or o.index != i:
+            raise _fail(node, f"result %{o.name} does not point back at its node")
+        _check_qparams(o, node)

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 Item = Union[Pass, "Pipeline"]
 Spec = Union[str, Pass, "Pipeline", Sequence[Union[str, Pass, "Pipeline"]]]
 
+_MAX_DEPTH = 32  # deepest nesting of option lists the parser reads
+
 _TOKEN = re.compile(r"""
     (?P<ws>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*")
@@ -69,7 +71,7 @@ class Pipeline:
             items: tuple[Item, ...] = _Parser(spec).parse()
         elif isinstance(spec, Pass | Pipeline):
             items = (spec,)
-        else:
+        elif isinstance(spec, Sequence):
             out: list[Item] = []
             for s in spec:
                 if isinstance(s, str):
@@ -78,8 +80,11 @@ class Pipeline:
                     out.append(s)
                 else:
                     raise PipelineError(f"a pipeline holds passes, pipelines and pipeline "
-                                        f"strings, not {type(s).__name__} ({s!r})")
+                                        f"strings, not {_describe(s)}")
             items = tuple(out)
+        else:
+            raise PipelineError(f"Pipeline() takes a pipeline string, a pass, a pipeline, or "
+                                f"a list of those, not {_describe(spec)}")
         self.items = items
 
     @classmethod
@@ -195,6 +200,14 @@ class Pipeline:
         return PassResult(graph, changed)
 
 
+def _describe(obj: object) -> str:
+    """What a rejected pipeline item is, with a hint for pass classes."""
+    if isinstance(obj, type) and issubclass(obj, Pass):
+        return f"the pass class {obj.__name__} (instantiate it: {obj.__name__}())"
+    text = repr(obj)
+    return f"{type(obj).__name__} ({text[:60]}{'...' if len(text) > 60 else ''})"
+
+
 def _run_one(p: Pass, index: int, graph: Graph, ctx: PassContext) -> PassResult:
     try:
         p.requires(graph)
@@ -246,8 +259,13 @@ class _Parser:
     def _error(self, msg: str, pos: int) -> PipelineError:
         head, _, rest = msg.partition("\n")
         rest = f"\n{rest}" if rest else ""
-        return PipelineError(f"pipeline {self.text!r}, position {pos}: {head}\n"
-                             f"  {self.text}\n  {' ' * pos}^{rest}")
+        text, col = self.text, pos
+        if len(text) > 120:  # show a window around the position
+            cut = max(0, pos - 60)
+            text, col = text[cut:cut + 120], pos - cut
+        shown = repr(self.text) if len(self.text) <= 120 else f"{self.text[:60]!r}..."
+        return PipelineError(f"pipeline {shown}, position {pos}: {head}\n"
+                             f"  {text}\n  {' ' * col}^{rest}")
 
     def peek(self) -> _Tok:
         return self.toks[self.i] if self.i < len(self.toks) else _Tok("eof", "", len(self.text))
@@ -320,14 +338,16 @@ class _Parser:
                 raise self._error(f"expected ',' or '}}' in the options opened at position "
                                   f"{brace.pos}, got {got}", tok.pos)
 
-    def _value(self) -> _Raw:
+    def _value(self, depth: int = 0) -> _Raw:
         tok = self.next()
+        if depth >= _MAX_DEPTH:
+            raise self._error(f"option values nested deeper than {_MAX_DEPTH} levels", tok.pos)
         if tok.text == "[":
             items: list[Any] = []
             start = tok.pos
             if self.peek().text != "]":
                 while True:
-                    items.append(self._value().value)
+                    items.append(self._value(depth + 1).value)
                     sep = self.next()
                     if sep.text == "]":
                         break
@@ -339,10 +359,19 @@ class _Parser:
             return _Raw(tuple(items), self.text[start:self.peek().pos], False, start)
         if tok.kind == "number":
             t = tok.text
-            value: Any = float(t) if re.search(r"[.eEn]", t) else int(t)
+            try:
+                value: Any = float(t) if re.search(r"[.eEn]", t) else int(t)
+            except ValueError as e:  # more digits than Python converts
+                raise self._error(f"number too long: {e}", tok.pos) from e
             return _Raw(value, t, True, tok.pos)
         if tok.kind == "string":
-            return _Raw(json.loads(tok.text), tok.text, False, tok.pos)
+            try:
+                text = json.loads(tok.text)
+            except ValueError as e:
+                bad = tok.pos + getattr(e, "pos", 0)
+                raise self._error(f"bad string {tok.text[:40]!r}: "
+                                  f"{getattr(e, 'msg', str(e))}", bad) from e
+            return _Raw(text, tok.text, False, tok.pos)
         if tok.kind == "word":
             value = {"true": True, "false": False, "none": None}.get(tok.text, tok.text)
             return _Raw(value, tok.text, True, tok.pos)

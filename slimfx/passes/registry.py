@@ -86,9 +86,13 @@ def register_pass(cls: P | None = None, *, name: str | None = None,
                                 "@dataclass(frozen=True) (below @register_pass)")
         if name is not None:
             c.name = name
-        if not is_kebab(c.name):
+        if not isinstance(c.name, str) or not is_kebab(c.name):
             raise PipelineError(f"register_pass: {c.__name__}.name = {c.name!r} is not a "
                                 "kebab-case name such as 'fold-bn'")
+        bad = [a for a in aliases if not isinstance(a, str) or not is_kebab(a)]
+        if isinstance(aliases, str) or bad:
+            raise PipelineError(f"register_pass: aliases of {c.__name__} must be a tuple of "
+                                f"kebab-case names, got {aliases!r}")
         c.option_specs()  # checks the option types now rather than at first use
         for n in (c.name, *aliases):
             _add(n, c, override)
@@ -120,8 +124,11 @@ def register_pipeline(name: str, text: str, doc: str = "", *, override: bool = F
         text: the pipeline string it stands for.
         doc: one line of documentation (shown by ``Pipeline.describe()``).
     """
-    if not is_kebab(name):
+    if not isinstance(name, str) or not is_kebab(name):
         raise PipelineError(f"register_pipeline: {name!r} is not a kebab-case name")
+    if not isinstance(text, str):
+        raise PipelineError(f"register_pipeline: the text of {name!r} must be a pipeline "
+                            f"string, not {type(text).__name__}")
     if name in _PASSES:
         raise PipelineError(f"register_pipeline: {name!r} is already the name of a pass")
     if name in _PIPELINES and not override and _PIPELINES[name].text != text:
@@ -153,6 +160,8 @@ def get_pass(name: str) -> type[Pass]:
     Raises:
         PipelineError: unknown name; the message lists the known passes and a close match.
     """
+    if not isinstance(name, str):
+        raise PipelineError(f"a pass name is a str, not {type(name).__name__} ({name!r})")
     cls = _PASSES.get(name)
     if cls is None:
         _load_builtin()

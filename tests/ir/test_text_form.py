@@ -72,8 +72,8 @@ def test_large_constants_come_from_the_mapping() -> None:
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (GOLDEN.replace("%two)", "%three)"), "line 6: %three is used before it is defined"),
-    (GOLDEN.replace("mul(", "mull("), "line 6: unknown op 'mull'"),
+    (GOLDEN.replace("%two)", "%three)"), "line 6, column 21: %three is used before it is defined"),
+    (GOLDEN.replace("mul(", "mull("), "line 6, column 10: unknown op 'mull'"),
     (GOLDEN.replace("f32[1,4,8,8]\n", "f33[1,4,8,8]\n", 1), "unknown dtype 'f33'"),
     (GOLDEN.replace("sizes=[1,3]", "sizes=[1,3], bogus=1"), "split: unknown attributes"),
     (GOLDEN.replace("$", "").replace("{stride", "{stride$"), "unexpected character '\\$'"),

@@ -17,7 +17,7 @@ graph @main(%x: f32[2,3]) {
   %dead1 = exp(%x) : f32[2,3]
   %dead2 = add(%dead1, %unused) : f32[2,3]
   %live = add(%x, %one) : f32[2,3]
-  %op = opaque(%x) {target="torch.sin", spec="{\\"args\\": [{\\"$in\\": 0}], \\"kwargs\\": {}}"} : f32[2,3]
+  %op = opaque(%x) {target="aten.sin.default", spec="{\\"args\\": [{\\"$in\\": 0}], \\"kwargs\\": {}}"} : f32[2,3]
   return %live
 }
 """
@@ -26,7 +26,7 @@ DCE_AFTER = """\
 graph @main(%x: f32[2,3]) {
   const %one : f32[] = dense<[1.0]>
   %live = add(%x, %one) : f32[2,3]
-  %op = opaque(%x) {target="torch.sin", spec="{\\"args\\": [{\\"$in\\": 0}], \\"kwargs\\": {}}"} : f32[2,3]
+  %op = opaque(%x) {target="aten.sin.default", spec="{\\"args\\": [{\\"$in\\": 0}], \\"kwargs\\": {}}"} : f32[2,3]
   return %live
 }
 """
