@@ -14,6 +14,7 @@ from typing import Any
 _LAZY = {
     "compile": "slimfx.backends.tvm.build",
     "load": "slimfx.backends.tvm.artifact",
+    "sha256_file": "slimfx.backends.tvm.artifact",
     "Compiled": "slimfx.backends.tvm.compiled",
     "BenchmarkResult": "slimfx.backends.tvm.compiled",
     "TensorSpec": "slimfx.backends.tvm.compiled",

@@ -135,7 +135,13 @@ def _ordered_inputs(
         values: list[Any] = [inputs[n] for n in names]
     else:
         values = list(inputs)
-    return tuple(np.ascontiguousarray(_to_numpy(v)) for v in values)
+    # ascontiguousarray turns a 0-d array into shape (1,): copy only when needed
+    return tuple(_c_order(_to_numpy(v)) for v in values)
+
+
+def _c_order(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _to_numpy(value: Any) -> np.ndarray:

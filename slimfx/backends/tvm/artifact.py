@@ -7,11 +7,25 @@ suffix such as ``.slim`` or ``.tar``)::
     meta.json    {"format": "slimfx-compiled", "format_version": 1, "slimfx_version": ...,
                   "tvm_version": ..., "target": {...}, "entry": "main",
                   "inputs": [{"name", "shape", "dtype", "qparams"}], "outputs": [...],
-                  "library": "model.so", "library_sha256": "..."}
+                  "target_features": ["avx2", ...], "library": "model.so",
+                  "library_sha256": "..."}
 
-:func:`load` validates everything before the library is opened: readable JSON of the
-right format, the same slimfx and TVM versions, the library checksum, and a target this
-host can run. Any failure is an :class:`ArtifactError` saying what to do.
+**A ``.slim`` holds native code.** Loading one runs that code in this process, exactly like
+importing a shared library or a Python extension module: load only artifacts from a source
+you trust. The ``library_sha256`` inside the archive only detects accidental corruption; it
+proves nothing against tampering, because whoever edits the library can edit the metadata
+too. To check that a file is the one its publisher built, get its SHA-256 from them by a
+separate channel (:func:`sha256_file` on their side, or ``sha256sum``) and pass it to
+``load(path, sha256=...)``: the whole file is compared to it before anything is extracted.
+
+:func:`load` validates everything before the library is opened: the optional digest, a tar
+holding exactly ``meta.json`` and ``model.so`` as regular files (no links, no other paths),
+readable JSON of the right format, the same slimfx and TVM versions, the library checksum,
+a target this host can run, and its CPU features (:class:`DeviceError` when the host lacks
+some). After opening it checks the metadata against the library: the entry function, its
+number of parameters and their names, and, by one call on inputs of the declared types,
+the inputs, number of outputs and the output shapes and dtypes the VM reports. Any other
+failure is an :class:`ArtifactError` saying what to do.
 """
 
 from __future__ import annotations
@@ -27,12 +41,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slimfx.errors import ArtifactError
+import numpy as np
+
+from slimfx.errors import ArtifactError, DeviceError
 
 if TYPE_CHECKING:
     from slimfx.backends.tvm.compiled import Compiled
 
-__all__ = ["save", "load", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["save", "load", "sha256_file", "FORMAT", "FORMAT_VERSION"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +56,8 @@ FORMAT = "slimfx-compiled"
 FORMAT_VERSION = 1
 _LIB = "model.so"
 _META = "meta.json"
+_MAX_META_BYTES = 16 << 20  # a real meta.json is a few kB
+_MAX_JSON_DEPTH = 64  # a real meta.json nests 5 deep
 
 
 def _sha256(path: Path) -> str:
@@ -48,6 +66,23 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 (hex) of a saved ``.slim`` file: publish it and load with ``sha256=``.
+
+    Raises:
+        ArtifactError: ``path`` is not a readable file (a directory artifact has no single
+            digest: save with a ``.slim`` suffix).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} is not a file; a digest covers one .slim file (save the "
+                            "model to a path with a suffix such as .slim)")
+    try:
+        return _sha256(path)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
 
 
 def _versions() -> tuple[str, str]:
@@ -76,10 +111,25 @@ def _export(compiled: Compiled, lib_path: Path) -> None:
 def save(compiled: Compiled, path: str | os.PathLike[str]) -> Path:
     """Writes ``compiled`` to ``path`` (a directory, or one tar file if ``path`` has a suffix).
 
+    For a single file, its SHA-256 is stored in ``compiled.saved_sha256`` (and logged):
+    give it to whoever loads the file, by a channel other than the file itself.
+
     Returns:
         ``path`` as a :class:`Path`.
+
+    Raises:
+        ArtifactError: the path cannot be written (e.g. a parent is a file).
     """
     path = Path(path)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ArtifactError(f"cannot save to {path}: {parent} is a file, not a directory")
+    if path.exists() and (path.is_dir() == bool(path.suffix)):
+        kind = "directory" if path.is_dir() else "file"
+        raise ArtifactError(f"cannot save to {path}: a {kind} is already there; remove it or "
+                            "choose another path")
+    from slimfx.backends.tvm.targets import target_cpu_features
+
     slimfx_version, tvm_version = _versions()
     with tempfile.TemporaryDirectory(prefix="slimfx-save-") as tmp:
         lib = Path(tmp) / _LIB
@@ -90,29 +140,64 @@ def save(compiled: Compiled, path: str | os.PathLike[str]) -> Path:
             "target": compiled.target, "entry": compiled.entry,
             "inputs": [s.to_json() for s in compiled.inputs],
             "outputs": [s.to_json() for s in compiled.outputs],
+            "target_features": target_cpu_features(compiled.target),
             "library": _LIB, "library_sha256": _sha256(lib),
         }
         text = json.dumps(meta, indent=2, sort_keys=True)
-        if path.suffix:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(path, "w") as tar:
-                tar.add(lib, arcname=_LIB)
-                data = text.encode()
-                info = tarfile.TarInfo(_META)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        else:
-            path.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(lib, path / _LIB)
-            (path / _META).write_text(text, encoding="utf-8")
-    logger.info("saved compiled model to %s", path)
+        try:
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with tarfile.open(path, "w") as tar:
+                    tar.add(lib, arcname=_LIB)
+                    data = text.encode()
+                    info = tarfile.TarInfo(_META)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(lib, path / _LIB)
+                (path / _META).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise ArtifactError(f"cannot save to {path}: {e}") from e
+    if path.is_file():
+        compiled.saved_sha256 = _sha256(path)
+        logger.info("saved compiled model to %s (sha256 %s)", path, compiled.saved_sha256)
+    else:
+        logger.info("saved compiled model to %s", path)
     return path
 
 
+def _json_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text (brackets inside strings ignored)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for ch in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
 def _read_meta(text: str, where: Path) -> dict[str, Any]:
+    depth = _json_depth(text)
+    if depth > _MAX_JSON_DEPTH:
+        raise ArtifactError(f"{where}: {_META} nests {depth} levels deep (a slimfx artifact "
+                            f"nests at most {_MAX_JSON_DEPTH}); the artifact is corrupt or "
+                            "malicious, do not use it")
     try:
         meta = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise ArtifactError(f"{where}: {_META} is not valid JSON ({e}); the artifact is corrupt, "
                             "save the model again") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -135,11 +220,23 @@ def _check_meta(meta: dict[str, Any], where: Path) -> None:
     target = meta.get("target")
     if not isinstance(target, dict):
         raise ArtifactError(f"{where}: metadata has no target dict; the artifact is corrupt")
-    from slimfx.backends.tvm.targets import can_run_here
+    from slimfx.backends.tvm.targets import can_run_here, check_cpu_features
 
     reason = can_run_here(target)
     if reason is not None:
         raise ArtifactError(f"{where} cannot be loaded on this host: {reason}")
+    features = meta.get("target_features")
+    if features is not None and (not isinstance(features, list)
+                                 or not all(isinstance(f, str) for f in features)):
+        raise ArtifactError(f"{where}: bad target_features {features!r} in metadata; the "
+                            "artifact is corrupt")
+    try:
+        check_cpu_features(target, features, what=str(where))
+    except DeviceError:
+        raise
+    except Exception as e:  # TVM rejects the target dict
+        raise ArtifactError(f"{where}: bad target {target!r} in metadata ({e}); the artifact "
+                            "is corrupt") from e
 
 
 def _specs(meta: dict[str, Any], key: str, where: Path) -> list[Any]:
@@ -155,29 +252,145 @@ def _specs(meta: dict[str, Any], key: str, where: Path) -> list[Any]:
                             "corrupt") from e
 
 
-def _extract(path: Path, dest: Path) -> None:
+def _extract(path: Path, dest: Path, where: Path | None = None) -> None:
+    """Copies ``meta.json`` and ``model.so`` out of the tar ``path`` into ``dest``.
+
+    Nothing is extracted by name from the archive: the two files are read from their
+    members and written under fixed names in ``dest``. An archive with any other member
+    (a path with ``..``, an absolute path, a link, a device, a duplicate) is refused.
+    """
+    where = where or path
     try:
-        with tarfile.open(path, "r") as tar:
-            members = {m.name: m for m in tar.getmembers()}
+        with tarfile.open(path, "r:") as tar:
+            members = tar.getmembers()
+            names = [m.name for m in members]
+            bad = [m.name for m in members if m.name not in (_META, _LIB) or not m.isfile()]
+            if bad or len(set(names)) != len(names):
+                what = (f"unexpected member(s) {', '.join(map(repr, bad[:5]))}" if bad
+                        else "duplicate members")
+                raise ArtifactError(f"{where}: the archive has {what} (a slimfx artifact holds "
+                                    f"only the regular files {_META} and {_LIB}); it is corrupt "
+                                    "or malicious, nothing was extracted")
+            by_name = {m.name: m for m in members}
             for name in (_META, _LIB):
-                m = members.get(name)
-                if m is None or not m.isfile():
-                    raise ArtifactError(f"{path}: the archive has no file {name!r}; it is not a "
-                                        "slimfx compiled model or it is corrupt")
+                m = by_name.get(name)
+                if m is None:
+                    raise ArtifactError(f"{where}: the archive has no file {name!r}; it is not "
+                                        "a slimfx compiled model or it is corrupt")
+                if name == _META and m.size > _MAX_META_BYTES:
+                    raise ArtifactError(f"{where}: {_META} is {m.size} bytes; the artifact is "
+                                        "corrupt")
                 src = tar.extractfile(m)
-                assert src is not None
+                if src is None:
+                    raise ArtifactError(f"{where}: cannot read {name!r} from the archive")
                 with open(dest / name, "wb") as out:
                     shutil.copyfileobj(src, out)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ArtifactError(f"{path}: cannot read the archive ({e}); it is corrupt") from e
+                if (dest / name).stat().st_size != m.size:
+                    raise ArtifactError(f"{where}: {name!r} is truncated; the archive is "
+                                        "corrupt")
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise ArtifactError(f"{where}: cannot read the archive ({e}); it is corrupt") from e
 
 
-def load(path: str | os.PathLike[str]) -> Compiled:
+def _copy_checked(path: Path, dest: Path, sha256: str) -> None:
+    """Copies ``path`` to ``dest`` while hashing it; raises unless the digest is ``sha256``.
+
+    The digest is taken of the bytes that are then used (the private copy), so the file
+    cannot change between the check and the extraction.
+    """
+    want = sha256.strip().lower()
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise ArtifactError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: sha256= checks one .slim file, and this is a directory; "
+                            "save the model to a path with a suffix such as .slim")
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as src, open(dest, "wb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+    except OSError as e:
+        raise ArtifactError(f"cannot read {path}: {e}") from e
+    got = h.hexdigest()
+    if got != want:
+        raise ArtifactError(f"{path}: SHA-256 mismatch: expected {want}, the file has {got}; "
+                            "it is not the artifact you were given (modified, truncated or "
+                            "another file): do not load it")
+
+
+def _last_line(e: BaseException) -> str:
+    """The last line of an exception's message (TVM's messages end with the check)."""
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else type(e).__name__
+
+
+def _check_library(compiled: Compiled, lib: Any, where: Path) -> None:
+    """Refuses a library that does not match its metadata (entry, parameters, outputs)."""
+    import re
+
+    from slimfx.backends.tvm.compiled import _flatten, _numpy_dtype
+
+    try:
+        vm_exec = lib["vm_load_executable"]()
+        arity = int(vm_exec["get_function_arity"](compiled.entry))
+        params = [str(vm_exec["get_function_param_name"](compiled.entry, i))
+                  for i in range(arity)]
+    except Exception as e:  # TVM: no such function, or not a Relax VM library
+        raise ArtifactError(f"{where}: the library has no Relax function "
+                            f"{compiled.entry!r} ({e}); the metadata does not match it") from e
+    names = [s.name for s in compiled.inputs]
+    # the lowering names each parameter after its graph input ("." becomes "_")
+    if arity != len(names) or [re.sub(r"\W", "_", p) for p in params] != [
+            re.sub(r"\W", "_", n) for n in names]:
+        raise ArtifactError(f"{where}: the library's {compiled.entry!r} takes "
+                            f"{arity} input(s) ({', '.join(params)}), the metadata declares "
+                            f"{len(names)} ({', '.join(names)}); the artifact is corrupt or "
+                            "was modified")
+    args = [np.ones(s.type.shape, dtype=_numpy_dtype(s.type.dtype)) for s in compiled.inputs]
+    try:
+        vm = compiled._ensure_vm()
+        outs = _flatten(vm[compiled.entry](*compiled._to_device(args)))
+    except (ArtifactError, DeviceError):
+        raise
+    except Exception as e:  # TVM's checks of the declared input types
+        raise ArtifactError(f"{where}: the library refuses inputs of the types in its "
+                            f"metadata ({_last_line(e)}); the artifact is "
+                            "corrupt or was modified") from e
+    want = [(tuple(s.type.shape), np.dtype(_numpy_dtype(s.type.dtype)))
+            for s in compiled.outputs]
+    got = [(tuple(o.shape), o.dtype) for o in outs]
+    if got != want:
+        def show(sig: list[tuple[tuple[int, ...], Any]]) -> str:
+            return ", ".join(f"{np.dtype(d).name}{list(sh)}" for sh, d in sig)
+
+        raise ArtifactError(f"{where}: the library returns {len(got)} output(s) ({show(got)}), "
+                            f"the metadata declares {len(want)} ({show(want)}); the artifact "
+                            "is corrupt or was modified")
+
+
+def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled:
     """Loads a model written by :meth:`Compiled.save` after validating its metadata.
 
+    **Security:** a ``.slim`` file holds native code, and loading it runs that code in
+    this process, like importing a shared library: load only files from a source you trust.
+    The checksum stored inside the archive does not protect against tampering (it is in
+    the same file). Pass ``sha256``, the digest the publisher gave you by another channel
+    (``slimfx.backends.tvm.sha256_file`` or ``sha256sum`` on their side), to have the
+    whole file checked before anything is extracted or loaded.
+
+    Loading also runs the model once on inputs of the declared types (ones), to check the
+    library against the metadata.
+
+    Args:
+        path: a ``.slim``/``.tar`` file or a directory written by ``save``.
+        sha256: the expected SHA-256 of the file (64 hex digits); files only.
+
     Raises:
-        ArtifactError: missing/corrupt files, checksum mismatch, other slimfx or TVM
-            version, or a target this host cannot run.
+        ArtifactError: missing/corrupt/unsafe files, digest or checksum mismatch, other
+            slimfx or TVM version, a target this host cannot run, or metadata that does
+            not match the library.
+        DeviceError: the library uses CPU features this host lacks.
     """
     from slimfx.backends.tvm.compiled import Compiled
 
@@ -185,19 +398,33 @@ def load(path: str | os.PathLike[str]) -> Compiled:
     if not path.exists():
         raise ArtifactError(f"{path} does not exist")
     with tempfile.TemporaryDirectory(prefix="slimfx-load-") as tmp:
-        if path.is_dir():
+        root = Path(tmp)
+        if sha256 is not None:
+            copy = root / "artifact.tar"
+            _copy_checked(path, copy, sha256)
+            (root / "x").mkdir()
+            _extract(copy, root / "x", where=path)
+            root = root / "x"
+        elif path.is_dir():
             root = path
+            if any((path / n).is_symlink() for n in (_META, _LIB)):
+                raise ArtifactError(f"{path}: {_META} and {_LIB} must be regular files, not "
+                                    "links")
         else:
-            root = Path(tmp)
             _extract(path, root)
         meta_path, lib_path = root / _META, root / _LIB
         if not meta_path.is_file() or not lib_path.is_file():
             raise ArtifactError(f"{path}: expected {_META} and {_LIB}; it is not a slimfx "
                                 "compiled model")
+        if meta_path.stat().st_size > _MAX_META_BYTES:
+            raise ArtifactError(f"{path}: {_META} is {meta_path.stat().st_size} bytes; the "
+                                "artifact is corrupt")
         try:
             text = meta_path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
             raise ArtifactError(f"{path}: {_META} is not text; the artifact is corrupt") from e
+        except OSError as e:
+            raise ArtifactError(f"{path}: cannot read {_META}: {e}") from e
         meta = _read_meta(text, path)
         _check_meta(meta, path)
         if meta.get("library") != _LIB or _sha256(lib_path) != meta.get("library_sha256"):
@@ -213,4 +440,7 @@ def load(path: str | os.PathLike[str]) -> Compiled:
             lib = tvm.runtime.load_module(str(lib_path))
         except Exception as e:  # TVM raises its own error types
             raise ArtifactError(f"{path}: TVM cannot load the library: {e}") from e
-    return Compiled(lib, inputs, outputs, meta["target"], entry=entry)
+        compiled = Compiled(lib, inputs, outputs, meta["target"], entry=entry)
+        compiled.target_features = meta.get("target_features")
+        _check_library(compiled, lib, path)
+    return compiled

@@ -19,7 +19,7 @@ from typing import Any
 from slimfx.backends.tvm.compiled import Compiled, TensorSpec
 from slimfx.backends.tvm.lower import lower_graph
 from slimfx.backends.tvm.targets import resolve_target
-from slimfx.errors import LoweringError, SlimfxError
+from slimfx.errors import SlimfxError
 from slimfx.ir.core import Graph
 
 __all__ = ["compile"]
@@ -65,6 +65,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
 
     Raises:
         LoweringError: nodes without a TVM lowering (all listed at once).
+        ArtifactError: the tuning database cannot be read (the message names it).
         SlimfxError: an unknown target, or a TVM build failure.
     """
     if not isinstance(graph, Graph):
@@ -103,7 +104,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
 
                 pipeline = cuda_pipeline(tvm_target)
             ex = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
-    except LoweringError:
+    except SlimfxError:  # LoweringError, or a tuning database error that names the database
         raise
     except Exception as e:  # TVM raises TVMError/InternalError/ValueError from deep inside
         raise SlimfxError(f"TVM failed to build graph {graph.name!r} for {spec}: {e}") from e

@@ -1,14 +1,17 @@
 """``Compiled``: a model built by TVM, with its signature, input checks and timing.
 
-Inputs are checked against the signature (count, shape, dtype) *before* anything
-reaches TVM, so a wrong input is a :class:`RuntimeInputError` naming the input,
-never a crash inside the runtime. numpy in -> numpy out; torch in -> torch out.
+Inputs (by position or by name) are checked against the signature (count, names, rank,
+shape, dtype, device) *before* anything reaches TVM, so a wrong input is a
+:class:`RuntimeInputError` naming the input, never a crash inside the runtime; the target's
+CPU features are checked against the host before the first call. numpy in -> numpy out;
+torch in -> torch out. A ``Compiled`` may be called from several threads at once.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -86,6 +89,14 @@ class Compiled:
 
     Built by :func:`slimfx.compile` or :func:`slimfx.load`; not constructed directly.
 
+    Thread safety: one ``Compiled`` may be called from any number of threads at once. The
+    Relax VM keeps per-call state (registers, frames) and is not safe to share, so every
+    calling thread gets its own VM over the one shared library, created on the thread's
+    first call and freed with the thread; weights and the pooled device memory are shared,
+    so a thread adds only its intermediate tensors. TVM's CPU thread pool is per calling
+    thread too: with many calling threads, set ``TVM_NUM_THREADS`` (e.g. to 1) to avoid
+    oversubscribing the cores.
+
     Attributes:
         inputs: the input signature, in call order.
         outputs: the output signature.
@@ -101,60 +112,92 @@ class Compiled:
         self.outputs = tuple(outputs)
         self.target = dict(target)
         self.entry = entry
-        self._vm: Any = None
         self._device: Any = None
+        self._runtime: Any = None  # the runnable module shared by the per-thread VMs
+        self._local = threading.local()  # .vm: this thread's VirtualMachine
+        self._lock = threading.Lock()
+        self.target_features: list[str] | None = None  # recorded in the artifact, if any
+        self.saved_sha256: str | None = None  # digest of the last single-file save
         self._arm_lib: Path | None = None  # aarch64 .so for qemu runs, linked on first call
         self._arm_dir: Any = None  # its TemporaryDirectory, removed with this object
 
     # ----------------------------------------------------------------- running
     def _ensure_vm(self) -> Any:
-        if self._vm is not None:
-            return self._vm
-        from slimfx.backends.tvm.targets import can_run_here, target_kind, use_cpu_threads
+        """This thread's VM; the first call (any thread) checks the device and CPU features."""
+        vm = getattr(self._local, "vm", None)
+        if vm is not None:
+            return vm
+        with self._lock:
+            if self._runtime is None:
+                self._runtime = self._start()
+            from tvm import relax
+
+            vm = relax.VirtualMachine(self._runtime, self._device)
+        self._local.vm = vm
+        return vm
+
+    def _start(self) -> Any:
+        """Checks that this host can run the model and returns the runnable module."""
+        from slimfx.backends.tvm.targets import (
+            can_run_here,
+            check_cpu_features,
+            target_kind,
+            use_cpu_threads,
+        )
 
         reason = can_run_here(self.target)
         if reason is not None:
             raise DeviceError(f"cannot run this compiled model here: {reason}")
+        check_cpu_features(self.target, self.target_features)
         use_cpu_threads(self.target)
         import tvm
-        from tvm import relax
 
         self._device = tvm.cuda(0) if target_kind(self.target) == "cuda" else tvm.cpu(0)
-        lib = self._executable if self._executable is not None else self._library
-        self._vm = relax.VirtualMachine(lib, self._device)
-        return self._vm
+        if self._executable is not None:
+            return self._executable.jit()  # links once (CUDA source); VMs share the module
+        return self._library
 
-    def _check(self, args: Sequence[Any]) -> tuple[list[np.ndarray], bool]:
-        if len(args) != len(self.inputs):
-            names = ", ".join(s.name for s in self.inputs)
-            raise RuntimeInputError(f"the compiled model takes {len(self.inputs)} input(s) "
-                                    f"({names}), got {len(args)}")
+    def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+        """Inputs in signature order, from positional and keyword (input name) arguments."""
+        names = [s.name for s in self.inputs]
+        expected = ", ".join(names)
+        if (len(args) == 1 and not kwargs and isinstance(args[0], list | tuple) and args[0]
+                and len(self.inputs) != 1
+                and all(_is_torch(a) or isinstance(a, np.ndarray) for a in args[0])):
+            raise RuntimeInputError(
+                f"the compiled model takes {len(names)} input(s) ({expected}) as separate "
+                f"arguments, got one {type(args[0]).__name__} of {len(args[0])} tensors; "
+                "unpack it: compiled(*inputs)")
+        if not kwargs:
+            if len(args) != len(names):
+                raise RuntimeInputError(f"the compiled model takes {len(names)} input(s) "
+                                        f"({expected}), got {len(args)}")
+            return list(args)
+        problems = []
+        if len(args) > len(names):
+            problems.append(f"{len(args)} positional inputs for {len(names)} input(s)")
+        unknown = [k for k in kwargs if k not in names]
+        duplicate = [n for n in names[:len(args)] if n in kwargs]
+        missing = [n for n in names[len(args):] if n not in kwargs]
+        if unknown:
+            problems.append(f"unknown input name(s) {', '.join(map(repr, unknown))}")
+        if duplicate:
+            problems.append("input(s) given both by position and by name: "
+                            f"{', '.join(map(repr, duplicate))}")
+        if missing:
+            problems.append(f"missing input(s) {', '.join(map(repr, missing))}")
+        if problems:
+            raise RuntimeInputError(f"{'; '.join(problems)}; the compiled model's inputs are, "
+                                    f"in order: {expected}")
+        return list(args) + [kwargs[n] for n in names[len(args):]]
+
+    def _check(self, args: Sequence[Any],
+               kwargs: Mapping[str, Any] | None = None) -> tuple[list[np.ndarray], bool]:
+        bound = self._bind(args, kwargs or {})
         arrays, any_torch = [], False
-        for spec, arg in zip(self.inputs, args, strict=True):
-            if _is_torch(arg):
-                any_torch = True
-                arg = arg.detach().cpu()
-                if str(arg.dtype) == "torch.bfloat16":
-                    raise RuntimeInputError(f"input {spec.name!r}: bfloat16 tensors cannot cross "
-                                            "into TVM through numpy; cast the model with fp16")
-                arg = arg.numpy()
-            elif not isinstance(arg, np.ndarray):
-                if np.isscalar(arg) and spec.type.rank == 0:
-                    arg = np.asarray(arg)
-                else:
-                    raise RuntimeInputError(f"input {spec.name!r}: expected a numpy array or a "
-                                            f"torch tensor, got {type(arg).__name__}")
-            want = _NUMPY.get(spec.type.dtype)
-            if want is None:
-                raise RuntimeInputError(f"input {spec.name!r}: dtype {spec.type.dtype} is not "
-                                        "supported at the numpy interface")
-            if tuple(arg.shape) != spec.type.shape or arg.dtype != want:
-                raise RuntimeInputError(
-                    f"input {spec.name!r}: expected {spec.type} "
-                    f"({np.dtype(want).name}{list(spec.type.shape)}), got "
-                    f"{arg.dtype.name}{list(arg.shape)}; reshape/cast the input or recompile "
-                    "the graph for this shape")
-            arrays.append(np.ascontiguousarray(arg))
+        for spec, arg in zip(self.inputs, bound, strict=True):
+            any_torch |= _is_torch(arg)
+            arrays.append(_as_array(spec, arg))
         return arrays, any_torch
 
     def _to_device(self, arrays: Sequence[np.ndarray]) -> list[Any]:
@@ -162,14 +205,22 @@ class Compiled:
 
         return [tvm.runtime.tensor(a, self._device) for a in arrays]
 
-    def __call__(self, *args: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         """Runs the model; returns one array, or a tuple when the graph has several outputs.
 
+        Inputs go by position (signature order) or by name (the graph's input names, as for
+        ``slimfx.to_torch`` modules): ``c(x, mask)`` or ``c(x=x, mask=mask)``. Each input is
+        a numpy array or a dense torch tensor of exactly the declared shape and dtype (any
+        memory layout; torch tensors on another device are copied; a Python or numpy
+        scalar for a 0-d input). Safe to call from several threads at once (see the class
+        docstring).
+
         Raises:
-            RuntimeInputError: wrong number, shape or dtype of inputs.
-            DeviceError: the model was built for a device this host does not have.
+            RuntimeInputError: wrong number, names, rank, shape, dtype or device of inputs.
+            DeviceError: the model was built for a device, or CPU features, this host does
+                not have.
         """
-        arrays, as_torch = self._check(args)
+        arrays, as_torch = self._check(args, kwargs)
         outs: list[Any]
         if self._runs_under_qemu():
             outs = self._run_under_qemu(arrays)
@@ -177,9 +228,7 @@ class Compiled:
             vm = self._ensure_vm()
             outs = list(_flatten(vm[self.entry](*self._to_device(arrays))))
         if as_torch:
-            import torch
-
-            outs = [torch.from_numpy(o) for o in outs]
+            outs = [_to_torch(o) for o in outs]
         return outs[0] if len(self.outputs) == 1 else tuple(outs)
 
     # ------------------------------------------------------- aarch64 under qemu
@@ -200,10 +249,11 @@ class Compiled:
 
         from slimfx.backends.tvm.arm import export_arm_library, run_arm
 
-        if self._arm_lib is None:
-            self._arm_dir = tempfile.TemporaryDirectory(prefix="slimfx-arm-")
-            self._arm_lib = export_arm_library(self._executable,
-                                               Path(self._arm_dir.name) / "model.so")
+        with self._lock:  # one cross-link, whichever thread calls first
+            if self._arm_lib is None:
+                self._arm_dir = tempfile.TemporaryDirectory(prefix="slimfx-arm-")
+                self._arm_lib = export_arm_library(self._executable,
+                                                   Path(self._arm_dir.name) / "model.so")
         return run_arm(self._arm_lib, arrays, {"entry": self.entry})
 
     def benchmark(self, *args: Any, repeat: int = 10, number: int = 10,
@@ -240,7 +290,9 @@ class Compiled:
     def save(self, path: str | Path) -> Path:
         """Writes the library and its JSON metadata: a directory, or one ``.slim``/``.tar`` file.
 
-        See :func:`slimfx.backends.tvm.artifact.save`.
+        Returns the path; for a file, ``slimfx.backends.tvm.sha256_file(path)`` (also in
+        ``self.saved_sha256``) is the digest to publish with it and pass to
+        ``slimfx.load(path, sha256=...)``. See :func:`slimfx.backends.tvm.artifact.save`.
         """
         from slimfx.backends.tvm.artifact import save
 
@@ -254,6 +306,79 @@ class Compiled:
 
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+
+
+def _numpy_dtype(dtype: str) -> Any:
+    if dtype == "bf16":
+        import ml_dtypes  # installed with TVM
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return _NUMPY.get(dtype)
+
+
+def _torch_to_numpy(name: str, t: Any) -> np.ndarray:
+    import torch
+
+    if t.device.type == "meta" or t.is_sparse or t.is_quantized or t.is_complex():
+        kind = ("on the meta device" if t.device.type == "meta" else "sparse" if t.is_sparse
+                else "a quantized tensor" if t.is_quantized else "complex")
+        raise RuntimeInputError(f"input {name!r}: the tensor is {kind}; pass a dense, real "
+                                "tensor with data (on the CPU or any device)")
+    try:
+        t = t.detach().cpu().resolve_conj().resolve_neg()
+        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits
+            return t.contiguous().view(torch.int16).numpy().view(_numpy_dtype("bf16"))
+        return t.numpy()
+    except (RuntimeError, TypeError) as e:
+        raise RuntimeInputError(f"input {name!r}: cannot read the tensor ({e})") from e
+
+
+def _as_array(spec: TensorSpec, arg: Any) -> np.ndarray:
+    """``arg`` as a C-contiguous numpy array of exactly ``spec``'s shape and dtype."""
+    want = _numpy_dtype(spec.type.dtype)
+    if want is None:
+        raise RuntimeInputError(f"input {spec.name!r}: dtype {spec.type.dtype} is not "
+                                "supported at the numpy interface")
+    want = np.dtype(want)
+    if _is_torch(arg):
+        arg = _torch_to_numpy(spec.name, arg)
+    elif isinstance(arg, bool | int | float) and spec.type.rank == 0:
+        ok = (want == np.bool_ if isinstance(arg, bool)
+              else want.kind in "iuf" if isinstance(arg, int) else want.kind == "f")
+        if not ok:
+            raise RuntimeInputError(f"input {spec.name!r}: expected a {spec.type} scalar "
+                                    f"({want.name}), got the Python {type(arg).__name__} {arg!r}")
+        try:
+            arg = np.asarray(arg, dtype=want)
+        except OverflowError as e:
+            raise RuntimeInputError(f"input {spec.name!r}: {arg!r} does not fit in "
+                                    f"{want.name}") from e
+    elif isinstance(arg, np.generic) and spec.type.rank == 0:
+        arg = np.asarray(arg)
+    elif not isinstance(arg, np.ndarray):
+        raise RuntimeInputError(f"input {spec.name!r}: expected a numpy array or a "
+                                f"torch tensor, got {type(arg).__name__}")
+    if arg.dtype != want and arg.dtype.newbyteorder("=") == want:
+        arg = arg.astype(want)  # same type, other byte order
+    if tuple(arg.shape) != spec.type.shape or arg.dtype != want:
+        rank = (f" (rank {arg.ndim}, expected rank {spec.type.rank})"
+                if arg.ndim != spec.type.rank else "")
+        raise RuntimeInputError(
+            f"input {spec.name!r}: expected {spec.type} "
+            f"({want.name}{list(spec.type.shape)}), got "
+            f"{arg.dtype.name}{list(arg.shape)}{rank}; reshape/cast the input or recompile "
+            "the graph for this shape")
+    if not (arg.flags.c_contiguous and arg.flags.aligned):
+        arg = arg.copy(order="C")  # (np.ascontiguousarray would make a 0-d array 1-d)
+    return np.asarray(arg)
+
+
+def _to_torch(a: np.ndarray) -> Any:
+    import torch
+
+    if a.dtype == _numpy_dtype("bf16"):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
 
 
 def _flatten(result: Any) -> list[np.ndarray]:

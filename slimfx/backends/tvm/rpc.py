@@ -106,7 +106,8 @@ def _to_numpy(value: Any) -> np.ndarray:
         return value.detach().cpu().numpy()
     if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
         return value.numpy()
-    return np.ascontiguousarray(value)
+    a = np.asarray(value)  # ascontiguousarray would turn a 0-d array into shape (1,)
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _flatten(value: Any, out: list[np.ndarray]) -> None:

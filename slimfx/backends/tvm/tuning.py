@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slimfx.errors import ArtifactError
+
 __all__ = ["TuneReport", "default_db_dir", "has_db", "prepare", "tune", "apply_db",
            "register_vnni_fix", "load_tensor_intrinsics"]
 
@@ -53,18 +55,37 @@ def has_db(db_dir: Path) -> bool:
     return rec.is_file() and rec.stat().st_size > 0
 
 
+def _bad_db(db_dir: Path, e: BaseException) -> ArtifactError:
+    detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    return ArtifactError(
+        f"the tuning database {db_dir} cannot be read ({detail}); it is corrupt or from "
+        f"another TVM version: delete the directory {db_dir} (its records are rebuilt by the "
+        "next compile with tune=N) or pass another tuning_db=")
+
+
 def _database(db_dir: Path) -> Any:
+    """The JSON database in ``db_dir`` (created if missing).
+
+    Raises:
+        ArtifactError: the directory cannot be created or its files cannot be parsed; the
+            message names the database and says to delete it or pass another.
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    db_dir.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(str(db_dir / _WORKLOADS), str(db_dir / _RECORDS),
-                                    module_equality="structural")
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+        return ms.database.JSONDatabase(str(db_dir / _WORKLOADS), str(db_dir / _RECORDS),
+                                        module_equality="structural")
+    except Exception as e:  # TVM raises TVMError/InternalError while parsing the files
+        raise _bad_db(db_dir, e) from e
 
 
 def prepare(mod: Any, target: Any) -> Any:
     """Legalizes, folds and fuses a Relax module: the form that is tuned and built."""
     import tvm
     from tvm import relax
+
+    from slimfx.backends.tvm.unit_reduction import remove_unit_reductions
 
     with target:
         return tvm.transform.Sequential([
@@ -75,6 +96,7 @@ def prepare(mod: Any, target: Any) -> Any:
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
+            remove_unit_reductions(),  # TVM mis-schedules reductions of length 1
         ])(mod)
 
 
@@ -83,8 +105,11 @@ def apply_db(mod: Any, target: Any, db_dir: Path) -> Any:
     from tvm import relax
 
     db = _database(db_dir)
-    with target, db:
-        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    try:
+        with target, db:
+            return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    except Exception as e:  # a record that parses but cannot be applied
+        raise _bad_db(db_dir, e) from e
 
 
 # --------------------------------------------------------------------------- builder / runner
