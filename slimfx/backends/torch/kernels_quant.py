@@ -61,8 +61,12 @@ def _observer(x, **attrs):
 def _quantize(x, *, dtype, scale, zero_point, axis, qmin, qmax):
     s = _channel_view(scale, axis, x.dim(), torch.float32)
     z = _channel_view(zero_point, axis, x.dim(), torch.float32)
-    q = torch.round(x.to(torch.float32) / s) + z
-    return torch.clamp(q, qmin, qmax).to(DTYPES[dtype])
+    x = x.to(torch.float32)
+    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)  # +-inf -> qmax / qmin
+    # NaN -> the zero point in every backend (DESIGN.md §4); a NaN cast to an integer type
+    # is undefined in C (torch gives 0 on x86, not the zero point)
+    q = torch.where(torch.isnan(x), z, q)
+    return q.to(DTYPES[dtype])
 
 
 @register_kernel("dequantize")

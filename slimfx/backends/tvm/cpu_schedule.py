@@ -6,7 +6,8 @@ rule, applied by :func:`default_cpu_schedule` to every PrimFunc not yet schedule
 one a cheap schedule that is always valid:
 
 - producers and consumers that can be inlined are inlined (``compute_inline`` /
-  ``reverse_compute_inline``), so an elementwise chain is one loop nest;
+  ``reverse_compute_inline``), so an elementwise chain is one loop nest; never into or from
+  a block with an ``init`` (a reduction), see :func:`_inline`;
 - each remaining block has its spatial loops fused into one; the fused loop is split into an
   outer part run in parallel on the target's cores and, for blocks without a reduction, an
   inner part of 8 or 16 iterations that is vectorized when the innermost dimension allows it
@@ -28,8 +29,8 @@ from typing import Any
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import normalize_prim_func
-from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.s_tir.dlight.base import ScheduleRule
 
 __all__ = ["CpuDefault", "default_cpu_schedule"]
 
@@ -55,6 +56,45 @@ def _vector_width(sch: s_tir.Schedule, loops: list[Any]) -> int:
     return 0
 
 
+def _has_init(sch: s_tir.Schedule, block: Any) -> bool:
+    return sch.get(block).init is not None
+
+
+def _inline(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> list[SBlockInfo]:
+    """Inlines what it can (dlight's ``try_inline``), except into or from reductions.
+
+    ``normalize_prim_func`` drops loops of extent 1, so a reduction of length 1 (``linear``
+    with one input feature, a 1x1 convolution of one channel) becomes a block with an
+    ``init`` but no reduction axis. TVM's ``reverse_compute_inline`` then accepts its
+    epilogue and applies it to both the init and the update: ``y = 0 + b``, then
+    ``y = y + x * w + b``, i.e. the bias added twice. :mod:`.unit_reduction` rewrites those
+    blocks before any schedule runs; as a second guard, a block with an ``init`` never takes
+    an inlined consumer here (nor is it inlined itself): the reduction and its epilogue stay
+    two loop nests, which always computes the right numbers.
+    """
+    def trial(inline: Any, reverse: bool) -> int | None:
+        for i, info in enumerate(infos):
+            block = info.block_rv
+            if _has_init(sch, block):
+                continue
+            if reverse and any(_has_init(sch, p) for p in sch.get_producers(block)):
+                continue
+            try:
+                inline(block)
+            except Exception:  # noqa: BLE001 - not inlinable: try the next block
+                continue
+            return i
+        return None
+
+    while True:
+        i = trial(sch.compute_inline, False)
+        if i is None:
+            i = trial(sch.reverse_compute_inline, True)
+        if i is None:
+            return infos
+        infos.pop(i)
+
+
 class CpuDefault(ScheduleRule):
     """Inline, then parallel outer spatial loops and vectorized inner ones (see module doc)."""
 
@@ -76,7 +116,7 @@ class CpuDefault(ScheduleRule):
         infos = normalize_prim_func(sch)
         if infos is None:
             return None
-        infos = try_inline(sch, infos)
+        infos = _inline(sch, infos)
         reductions = []
         for info in infos:
             block = info.block_rv

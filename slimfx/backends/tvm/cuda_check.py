@@ -124,7 +124,9 @@ def cuda_pipeline(target: Any) -> Any:
 
     Same passes as ``tvm.relax.backend.cuda.get_default_pipeline``, plus
     :func:`mark_int8_no_tensorize` just before dlight's schedules, so int8
-    GEMMs use dp4a instead of the int8 tensor-core rule that fails in codegen.
+    GEMMs use dp4a instead of the int8 tensor-core rule that fails in codegen,
+    and :func:`.unit_reduction.remove_unit_reductions` (dlight mis-schedules
+    reductions of length 1).
 
     Args:
         target: A cuda ``tvm.target.Target``.
@@ -135,6 +137,8 @@ def cuda_pipeline(target: Any) -> Any:
     import tvm
     from tvm.relax.backend.cuda import pipeline as cuda
 
+    from slimfx.backends.tvm.unit_reduction import remove_unit_reductions
+
     preload_tensor_intrinsics()
 
     @tvm.transform.module_pass(opt_level=0, name="SlimfxCudaPipeline")
@@ -142,7 +146,7 @@ def cuda_pipeline(target: Any) -> Any:
         with target:
             legalize = cuda.legalize_passes(target)  # ends with dlight's ApplyDefaultSchedule
             passes = (cuda.library_dispatch_passes(target) + legalize[:-1]
-                      + [mark_int8_no_tensorize(), legalize[-1]]
+                      + [remove_unit_reductions(), mark_int8_no_tensorize(), legalize[-1]]
                       + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
 

@@ -6,6 +6,13 @@ Formulas follow the torch kernels (``slimfx/backends/torch/kernels.py``):
 - ``mish(x) = x * tanh(softplus(x))``, ``elu(x) = x if x > 0 else alpha * (exp(x) - 1)``,
 - ``softplus(x) = x if beta*x > threshold else log(1 + exp(beta*x)) / beta``,
 - ``round`` rounds half to even (torch), not half away from zero (LLVM ``round``).
+
+NaN and infinities behave as in PyTorch (DESIGN.md §4): ``relu``, ``clamp`` (and what is
+built on it: ``relu6``, ``hardtanh``, ``hardsigmoid``, fused activations), ``maximum`` and
+``minimum`` propagate NaN. TVM's ``max``/``min`` are ``select(a > b, a, b)``, which returns
+the second operand when the first is NaN (``relu(NaN)`` was 0), so the clamps here are
+written as comparisons that leave NaN in place (``where(x < lo, lo, x)``) and the float
+``maximum``/``minimum`` return NaN when either operand is NaN (:func:`nan_max`).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from tvm.relax import Expr
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.ir.core import Node
 
-__all__ = ["clamp", "round_half_even"]
+__all__ = ["clamp", "round_half_even", "is_float", "nan_max", "propagate_nan"]
 
 R = relax.op
 
@@ -27,16 +34,47 @@ def _out_dtype(node: Node, index: int = 0) -> str:
     return to_tvm_dtype(node.outputs[index].dtype)
 
 
+def is_float(dtype: str) -> bool:
+    """Whether a TVM dtype string is a floating-point type (the ones that hold NaN)."""
+    return dtype.startswith(("float", "bfloat"))
+
+
 def clamp(ctx: LowerContext, x: Expr, lo: float | None, hi: float | None) -> Expr:
-    """``min(max(x, lo), hi)`` with ``None`` meaning unbounded (used by fused activations)."""
+    """``min(max(x, lo), hi)`` with ``None`` meaning unbounded (used by fused activations).
+
+    Written ``where(x < lo, lo, x)`` then ``where(x > hi, hi, x)``: NaN stays NaN, as in
+    ``torch.clamp`` (TVM's ``maximum``/``minimum`` would replace it by a bound).
+    """
     dtype = ctx.dtype_of(x)
-    if lo == 0.0 and hi is None:
-        return ctx.emit(R.nn.relu(x))
     if lo is not None:
-        x = ctx.emit(R.maximum(x, ctx.scalar(lo, dtype)))
+        b = ctx.scalar(lo, dtype)
+        x = ctx.emit(R.where(R.less(x, b), b, x))
     if hi is not None:
-        x = ctx.emit(R.minimum(x, ctx.scalar(hi, dtype)))
+        b = ctx.scalar(hi, dtype)
+        x = ctx.emit(R.where(R.greater(x, b), b, x))
     return x
+
+
+def nan_max(ctx: LowerContext, a: Expr, b: Expr, *, minimum: bool = False) -> Expr:
+    """``torch.maximum(a, b)`` (``torch.minimum`` with ``minimum``): NaN if either is NaN."""
+    pick = ctx.emit(R.where(R.less(a, b) if minimum else R.greater(a, b), a, b))  # b if b NaN
+    if not is_float(ctx.dtype_of(a)):
+        return pick
+    return ctx.emit(R.where(R.isnan(a), a, pick))
+
+
+def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], Expr]) -> Expr:
+    """``y``, a max/min of windows or axes of ``x``, with NaN where the window holds a NaN.
+
+    ``reduce`` applies the same windows/axes to an ``int8`` tensor (1 where ``x`` is NaN).
+    torch's max-pool and ``amax`` propagate NaN; TVM's ``max`` reducer drops it.
+    """
+    dtype = ctx.dtype_of(x)
+    if not is_float(dtype):
+        return y
+    flag = ctx.emit(reduce(ctx.emit(R.astype(R.isnan(x), "int8"))))
+    nan = ctx.scalar(float("nan"), dtype)
+    return ctx.emit(R.where(R.greater(flag, ctx.scalar(0, "int8")), nan, y))
 
 
 def round_half_even(ctx: LowerContext, x: Expr) -> Expr:
@@ -63,7 +101,7 @@ def _softplus(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr
 
 
 _SIMPLE: dict[str, Callable[[Expr], Expr]] = {
-    "relu": R.nn.relu, "silu": R.nn.silu, "sigmoid": R.sigmoid, "tanh": R.tanh, "exp": R.exp,
+    "silu": R.nn.silu, "sigmoid": R.sigmoid, "tanh": R.tanh, "exp": R.exp,
     "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "neg": R.negative, "abs": R.abs, "erf": R.erf,
     "sin": R.sin, "cos": R.cos, "floor": R.floor, "ceil": R.ceil, "sign": R.sign,
     "logical_not": R.logical_not,
@@ -78,6 +116,11 @@ def _simple(fn: Callable[[Expr], Expr]) -> Callable[..., Expr]:
 
 for _name, _fn in _SIMPLE.items():
     register_lowering(_name)(_simple(_fn))
+
+
+@register_lowering("relu")
+def _relu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return clamp(ctx, x, 0.0, None)  # NaN-preserving (R.nn.relu is max(x, 0): relu(NaN) = 0)
 
 
 @register_lowering("relu6")
@@ -164,11 +207,10 @@ def _identity(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 # ----------------------------------------------------------------------------- binary
 _ARITH: dict[str, Callable[[Expr, Expr], Expr]] = {
-    "add": R.add, "sub": R.subtract, "mul": R.multiply, "pow": R.power, "maximum": R.maximum,
-    "minimum": R.minimum,
+    "add": R.add, "sub": R.subtract, "mul": R.multiply, "pow": R.power,
 }
 _COMPARE: dict[str, Callable[[Expr, Expr], Expr]] = {
-    "eq": R.equal, "ne": R.not_equal, "lt": R.less, "le": R.less_equal, "gt": R.greater,
+    "eq": R.equal, "lt": R.less, "le": R.less_equal, "gt": R.greater,
     "ge": R.greater_equal, "logical_and": R.logical_and, "logical_or": R.logical_or,
 }
 
@@ -199,13 +241,51 @@ for _name, _fn2 in _COMPARE.items():
     register_lowering(_name)(_compare(_fn2))
 
 
+@register_lowering("maximum")
+@register_lowering("minimum")
+def _maximum(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
+    dt = _out_dtype(node)
+    return nan_max(ctx, ctx.cast(a, dt), ctx.cast(b, dt), minimum=node.op.name == "minimum")
+
+
+@register_lowering("ne")
+def _ne(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
+    dt = _promoted(node)
+    a, b = ctx.cast(a, dt), ctx.cast(b, dt)
+    if is_float(dt):  # TVM's float != is ordered (NaN != x is false); torch's is true
+        # (not R.logical_not(R.equal(a, b)): TVM's simplifier turns it back into an ordered !=)
+        return R.logical_or(R.logical_or(R.isnan(a), R.isnan(b)), R.not_equal(a, b))
+    return R.not_equal(a, b)
+
+
+def _floor_divide_float(ctx: LowerContext, a: Expr, b: Expr) -> Expr:
+    """torch's float floor division (``c10::div_floor_floating``), not ``floor(a / b)``.
+
+    ``floor(1.0 / 0.1)`` is 10 (the quotient rounds up to 10.0) where torch gives 9:
+    ``mod = fmod(a, b)``, ``div = (a - mod) / b``, minus 1 when ``mod`` and ``b`` differ
+    in sign, then ``floor`` rounded to the nearest integer; ``a / b`` when ``b == 0``.
+    """
+    dt = ctx.dtype_of(a)
+    zero, one, half = (ctx.scalar(v, dt) for v in (0.0, 1.0, 0.5))
+    mod = ctx.emit(R.mod(a, b))  # fmod for floats
+    div = ctx.emit(R.divide(R.subtract(a, mod), b))
+    fix = R.logical_and(R.logical_not(R.equal(mod, zero)),
+                        R.logical_xor(R.less(b, zero), R.less(mod, zero)))
+    div = ctx.emit(R.where(fix, R.subtract(div, one), div))
+    fl = ctx.emit(R.floor(div))
+    fl = ctx.emit(R.where(R.greater(R.subtract(div, fl), half), R.add(fl, one), fl))
+    q = ctx.emit(R.divide(a, b))
+    fl = ctx.emit(R.where(R.equal(div, zero), R.multiply(zero, q), fl))  # 0 with q's sign
+    return R.where(R.equal(b, zero), q, fl)
+
+
 @register_lowering("div")
 def _div(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
     dt = _out_dtype(node)
     a, b = ctx.cast(a, dt), ctx.cast(b, dt)
     mode = node.attrs["rounding_mode"]
     if mode == "floor":
-        return R.floor_divide(a, b)
+        return _floor_divide_float(ctx, a, b) if is_float(dt) else R.floor_divide(a, b)
     q = ctx.emit(R.divide(a, b))
     if mode == "trunc" and dt.startswith(("float", "bfloat")):
         return R.trunc(q)

@@ -13,10 +13,13 @@ The integer program is lowered with the exact semantics of the torch kernels
   ``rshift_round(v, n) = (v + 2**(n-1)) >> n`` (arithmetic shift, half up; ``v`` for n = 0);
 - ``qavg_pool2d`` sums each window of ``x - zp`` with a depthwise int32 convolution by ones
   (zero padding after the shift), then requantizes;
-- ``quantize`` is ``clamp(round_half_even(float32(x) / scale) + zp, qmin, qmax)`` in float32;
+- ``quantize`` is ``clamp(round_half_even(float32(x) / scale) + zp, qmin, qmax)`` in float32,
+  with NaN mapped to ``zp`` and +-inf saturating to qmax / qmin (DESIGN.md §4);
   ``dequantize`` is ``float32(q - zp) * scale``;
 - ``dynamic_linear`` quantizes ``x`` at run time (``s = max(max|x|, 1e-8) / 127``), sums the
-  integer products exactly in float64 and scales by ``s * w_scale`` in float64, like torch.
+  integer products exactly in float64 and scales by ``s * w_scale`` in float64, like torch;
+  NaN as in torch: a NaN input makes ``s`` NaN (per tensor, or its row per token) and a NaN
+  ``q`` makes every output of its row NaN.
 
 ``dynamic_lstm``/``dynamic_gru`` reuse the unrolled RNN of :mod:`.lower_rnn` with every
 weight product done like ``dynamic_linear``. ``observer`` is the identity.
@@ -31,7 +34,7 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm import conv_int8
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
-from slimfx.backends.tvm.lower_elementwise import clamp, round_half_even
+from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan, round_half_even
 from slimfx.backends.tvm.lower_rnn import rnn
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
@@ -90,7 +93,8 @@ def _quantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     s = _channel(ctx, a["scale"], a["axis"], rank, "float32")
     z = _channel(ctx, a["zero_point"], a["axis"], rank, "float32")
     q = ctx.emit(R.add(round_half_even(ctx, ctx.emit(R.divide(x, s))), z))
-    q = ctx.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))
+    q = ctx.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))  # +-inf -> qmax / qmin
+    q = ctx.emit(R.where(R.isnan(x), z, q))  # NaN -> the zero point (DESIGN.md §4)
     return R.astype(q, to_tvm_dtype(a["dtype"]))
 
 
@@ -274,11 +278,19 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
     x = ctx.cast(x, "float32")
     rank = len(ctx.shape_of(x))
     ax = ctx.emit(R.abs(x))
-    amax = ctx.emit(R.max(ax, [rank - 1], keepdims=True) if per_token else R.max(ax))
-    s = ctx.emit(R.divide(R.maximum(amax, ctx.scalar(_DYN_EPS, "float32")),
-                          ctx.scalar(127.0, "float32")))
-    q = round_half_even(ctx, ctx.emit(R.divide(x, s)))
-    q = ctx.emit(R.clip(q, -127.0, 127.0))
+
+    def amax_of(t: Expr) -> Expr:
+        return R.max(t, [rank - 1], keepdims=True) if per_token else R.max(t)
+
+    # NaN as in torch: a NaN in x makes the scale NaN (amax and clamp propagate it)
+    amax = propagate_nan(ctx, ax, ctx.emit(amax_of(ax)), amax_of)
+    s = ctx.emit(R.divide(clamp(ctx, amax, _DYN_EPS, None), ctx.scalar(127.0, "float32")))
+    q = clamp(ctx, round_half_even(ctx, ctx.emit(R.divide(x, s))), -127.0, 127.0)
+    # torch sums NaN q's in float64: every output of their row is NaN. The integer kernels
+    # cannot hold NaN (casting it is undefined): zero it there and put the NaN back after.
+    q_nan = ctx.emit(R.isnan(q))
+    nan_row = ctx.emit(R.max(R.astype(q_nan, "int8"), [rank - 1], keepdims=True))
+    q = ctx.emit(R.where(q_nan, ctx.scalar(0.0, "float32"), q))
     shape = ctx.shape_of(x)
     if isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
             and ctx.shape_of(w)[0] % 8 == 0 and not ctx.is_static(x):
@@ -290,6 +302,8 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
     else:
         wt = ctx.permute(ctx.cast(w, "float64"), [1, 0])
         acc = ctx.emit(R.matmul(ctx.cast(q, "float64"), wt))
+    acc = ctx.emit(R.where(R.greater(nan_row, ctx.scalar(0, "int8")),
+                           ctx.scalar(float("nan"), "float64"), acc))
     ws = ctx.const(np.asarray(w_scale, dtype=np.float64), "float64")
     y = ctx.emit(R.multiply(R.multiply(acc, ctx.cast(s, "float64")), ws))
     return ctx.cast(y, "float32")

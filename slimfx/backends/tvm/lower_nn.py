@@ -1,6 +1,8 @@
 """Relax lowerings of the layers: convolution, linear, matmul, normalization, pooling, attention.
 
-- A fused activation (``act_min``/``act_max``) becomes ``relu`` or a clamp after the bias.
+- A fused activation (``act_min``/``act_max``) becomes a clamp after the bias (NaN stays
+  NaN, as in torch).
+- Float max-pools (plain and adaptive) give NaN for a window holding a NaN, as torch does.
 - ``batch_norm(x) = (x - mean) * rsqrt(var + eps) * weight + bias`` on axis 1, written with
   elementwise ops so that constant folding turns it into one scale and shift.
 - ``sdpa(q, k, v) = softmax(q @ k^T * scale + mask) @ v`` with ``scale = 1/sqrt(E)`` by
@@ -21,7 +23,7 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm import dense_fp32
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
-from slimfx.backends.tvm.lower_elementwise import clamp
+from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
 
@@ -158,14 +160,19 @@ def _pool_args(node: Node, nd: int) -> dict:
                 padding=tuple(a["padding"]), ceil_mode=a["ceil_mode"])
 
 
-@register_lowering("max_pool1d")
-def _max_pool1d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.max_pool1d(x, dilation=tuple(node.attrs["dilation"]), **_pool_args(node, 1))
+def _max_pool(nd: int):
+    def lower(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+        pool = R.nn.max_pool1d if nd == 1 else R.nn.max_pool2d
+
+        def fn(t: Expr) -> Expr:
+            return pool(t, dilation=tuple(node.attrs["dilation"]), **_pool_args(node, nd))
+
+        return propagate_nan(ctx, x, ctx.emit(fn(x)), fn)  # a window with NaN gives NaN
+    return lower
 
 
-@register_lowering("max_pool2d")
-def _max_pool2d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.max_pool2d(x, dilation=tuple(node.attrs["dilation"]), **_pool_args(node, 2))
+register_lowering("max_pool1d")(_max_pool(1))
+register_lowering("max_pool2d")(_max_pool(2))
 
 
 def _avg_pool(nd: int):
@@ -202,22 +209,26 @@ def _adaptive_max(nd: int):
         shape = ctx.shape_of(x)
         sizes = tuple(node.attrs["output_size"])
         ins = shape[-nd:]
-        if all(i % o == 0 for i, o in zip(ins, sizes, strict=True)):
-            k = tuple(i // o for i, o in zip(ins, sizes, strict=True))
-            pool = R.nn.max_pool1d if nd == 1 else R.nn.max_pool2d
-            return pool(x, pool_size=k, strides=k, padding=(0,) * nd,
-                        dilation=(1,) * nd)
-        y = x
-        for d in range(nd):  # max over each axis in turn: windows are separable
-            axis = len(shape) - nd + d
-            cells = []
-            for i in range(sizes[d]):
-                lo = (i * ins[d]) // sizes[d]
-                hi = -((-(i + 1) * ins[d]) // sizes[d])
-                part = R.strided_slice(y, [axis], [lo], [hi])
-                cells.append(ctx.emit(R.max(part, [axis], keepdims=True)))
-            y = ctx.emit(R.concat(cells, axis))
-        return y
+
+        def fn(t: Expr) -> Expr:
+            if all(i % o == 0 for i, o in zip(ins, sizes, strict=True)):
+                k = tuple(i // o for i, o in zip(ins, sizes, strict=True))
+                pool = R.nn.max_pool1d if nd == 1 else R.nn.max_pool2d
+                return ctx.emit(pool(t, pool_size=k, strides=k, padding=(0,) * nd,
+                                     dilation=(1,) * nd))
+            y = t
+            for d in range(nd):  # max over each axis in turn: windows are separable
+                axis = len(shape) - nd + d
+                cells = []
+                for i in range(sizes[d]):
+                    lo = (i * ins[d]) // sizes[d]
+                    hi = -((-(i + 1) * ins[d]) // sizes[d])
+                    part = R.strided_slice(y, [axis], [lo], [hi])
+                    cells.append(ctx.emit(R.max(part, [axis], keepdims=True)))
+                y = ctx.emit(R.concat(cells, axis))
+            return y
+
+        return propagate_nan(ctx, x, fn(x), fn)  # a window with NaN gives NaN (torch)
     return lower
 
 

@@ -14,6 +14,7 @@ from tvm import relax
 from tvm.relax import Expr
 
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
+from slimfx.backends.tvm.lower_elementwise import propagate_nan
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
 from slimfx.ir.shapes import norm_axis
@@ -90,8 +91,19 @@ def _reducer(fn):
 
 register_lowering("mean")(_reducer(R.mean))
 register_lowering("sum")(_reducer(R.sum))
-register_lowering("amax")(_reducer(R.max))
-register_lowering("amin")(_reducer(R.min))
+def _nan_reducer(fn):
+    """``amax``/``amin``: NaN when the reduced elements hold a NaN (torch; TVM drops it)."""
+    def lower(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+        axes = list(node.attrs["axes"]) or None
+        keep = node.attrs["keepdim"]
+        dt = to_tvm_dtype(node.outputs[0].dtype)
+        y = propagate_nan(ctx, x, ctx.emit(fn(x, axes, keep)), lambda t: R.max(t, axes, keep))
+        return ctx.cast(y, dt)
+    return lower
+
+
+register_lowering("amax")(_nan_reducer(R.max))
+register_lowering("amin")(_nan_reducer(R.min))
 
 
 @register_lowering("embedding")
