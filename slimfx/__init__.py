@@ -1,7 +1,9 @@
 """slimfx: one IR in which pruning, quantization and compilation meet.
 
 Public API (DESIGN.md §1): ``trace``, ``Pipeline``, ``register_pass``,
-``calibrate``, ``quantize``, ``to_torch``, ``compile``, ``load``. Names are
+``calibrate``, ``quantize``, ``to_torch``, ``compile``, ``load``; quantization-aware
+training: ``prepare_qat``, ``convert``; quantization configs: ``QConfig``, ``QScheme``,
+``OpQConfig``. Names are
 imported lazily so that ``import slimfx`` stays fast.
 """
 
@@ -19,6 +21,11 @@ _LAZY = {
     "calibrate": "slimfx.passes.quant",
     "quantize": "slimfx.passes.quant",
     "report": "slimfx.passes.quant",
+    "prepare_qat": "slimfx.passes.quant",
+    "convert": "slimfx.passes.quant",
+    "QConfig": "slimfx.passes.quant",
+    "QScheme": "slimfx.passes.quant",
+    "OpQConfig": "slimfx.passes.quant",
     "to_torch": "slimfx.backends.torch",
     "compile": "slimfx.backends.tvm",
     "load": "slimfx.backends.tvm",

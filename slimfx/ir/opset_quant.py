@@ -80,6 +80,39 @@ _op("quantize", ["x"], QPARAM_ATTRS, [T.QUANT, T.PURE], _with_dtype("dtype"),
 _op("dequantize", ["q"], QPARAM_ATTRS, [T.QUANT, T.PURE], _with_dtype("", "f32"),
     doc="x = float32(q - zero_point) * float32(scale)")
 
+
+
+def _fake_quantize(ts: Types, a: Attrs) -> list[TensorType]:
+    x, s, z = ts
+    lo, hi = _DTYPE_RANGE.get(a["dtype"], (None, None))
+    if lo is None or not lo <= a["qmin"] < a["qmax"] <= hi:
+        raise ValueError(f"fake_quantize: range [{a['qmin']}, {a['qmax']}] does not fit dtype "
+                         f"{a['dtype']} (i8: [-128, 127], u8: [0, 255])")
+    channels = 1 if a["axis"] is None else x.shape[a["axis"]]
+    for what, t in (("scale", s), ("zero_point", z)):
+        if t.numel != channels or t.rank > 1:
+            raise ValueError(f"fake_quantize: {what} is {t}, expected {channels} value(s)"
+                             + ("" if a["axis"] is None else f" along axis {a['axis']}"))
+    if not s.is_float:
+        raise ValueError(f"fake_quantize: scale must be floating point, got {s}")
+    return [x.with_dtype("f32")]
+
+
+_DTYPE_RANGE = {"i8": (-128, 127), "u8": (0, 255)}
+_op("fake_quantize", ["x", "scale", "zero_point"], (
+    A("dtype", "dtype", "i8"), A("qmin", "int", -128), A("qmax", "int", 127),
+    A("axis", "int", None), A("learn_scale", "bool", False),
+    A("learn_zero_point", "bool", False)),
+    [T.QUANT], _fake_quantize,
+    doc="dequantize(quantize(x)) in one op, for quantization-aware training: "
+        "q = clamp(round_half_even(float32(x) / s) + z, qmin, qmax) (NaN -> z), "
+        "y = float32(q - z) * s with s = float32(scale), z = clamp(round_half_even(zero_point), "
+        "qmin, qmax) broadcast along axis (None: per tensor); scale/zero_point are operands "
+        "(learnable when learn_scale/learn_zero_point). Gradients (torch backend): "
+        "straight-through for x, LSQ for learnable scale and zero point. Not pure: constant "
+        "folding must not fold a weight's fake quantization. slimfx.convert replaces it by "
+        "quantize/dequantize")
+
 _op("requantize", ["x"], (A("in_zero_point", "int", 0), A("multiplier", "ints"),
                           A("shift", "ints"), A("axis", "int", None)) + REQUANT_ATTRS,
     [T.QUANT, T.PURE], _with_dtype("out_dtype"),

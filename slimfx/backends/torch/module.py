@@ -31,6 +31,7 @@ class SlimfxModule(fx.GraphModule):
     """
 
     value_names: dict[str, str]
+    source_graph: Graph
 
 
 def _flatten_outputs(result: Any, n: int) -> tuple[Any, ...]:
@@ -92,6 +93,9 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
         env[id(v)] = g.placeholder(_fx_name(v.name))
     # Running statistics of batch norm are state, not parameters to train.
     stats = {id(n.inputs[i]) for n in graph.nodes if n.op.name == "batch_norm" for i in (1, 2)}
+    # So are the scale / zero point a fake_quantize does not learn (QAT).
+    stats |= {id(n.inputs[i]) for n in graph.nodes if n.op.name == "fake_quantize"
+              for i, learn in ((1, "learn_scale"), (2, "learn_zero_point")) if not n.attrs[learn]}
     for v in graph.constants.values():
         assert v.const is not None
         train = trainable and id(v) not in stats
@@ -120,6 +124,7 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
     module = fx.GraphModule(root, g, class_name="SlimfxModule")
     module.__class__ = type("SlimfxModule", (SlimfxModule, module.__class__), {})
     module.value_names = names
+    module.source_graph = graph  # what slimfx.convert writes the trained constants into
     module.eval()
     return module  # type: ignore[return-value]
 

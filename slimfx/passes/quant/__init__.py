@@ -2,9 +2,10 @@
 program, dynamic int8 and fp16/bf16.
 
 Passes: ``insert-observers``, ``quantize-dequantize``, ``convert-int8``,
-``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``. Pipelines: ``ptq-int8`` (prepare half),
-``dynamic-int8``, ``fp16``, ``bf16``. Functions: :func:`calibrate`,
-:func:`quantize`, :func:`report`.
+``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``, ``insert-fake-quant``.
+Pipelines: ``ptq-int8`` (prepare half), ``qat-int8``, ``dynamic-int8``, ``fp16``, ``bf16``.
+Functions: :func:`calibrate`, :func:`quantize`, :func:`report`, :func:`prepare_qat`,
+:func:`convert` (quantization-aware training).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.cast_fp16 import CastHalf
 from slimfx.passes.quant.convert_int8 import ConvertInt8
 from slimfx.passes.quant.dynamic_int8 import QuantizeDynamicInt8
+from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
 from slimfx.passes.quant.insert_observers import InsertObservers
+from slimfx.passes.quant.qat import convert, prepare_qat
 from slimfx.passes.quant.qconfig import OpQConfig, QConfig, QScheme
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
 from slimfx.passes.quant.report import report
@@ -25,6 +28,7 @@ __all__ = [
     "BiasCorrection",
     "CastHalf",
     "ConvertInt8",
+    "InsertFakeQuant",
     "InsertObservers",
     "OpQConfig",
     "QConfig",
@@ -33,7 +37,9 @@ __all__ = [
     "QuantizeDynamicInt8",
     "bias_correction",
     "calibrate",
+    "convert",
     "prepare_ptq",
+    "prepare_qat",
     "quantize",
     "report",
 ]

@@ -35,6 +35,7 @@ from slimfx.passes.quant.bias_correction import BiasCorrection
 from slimfx.passes.quant.bias_correction import bias_correction as correct_biases
 from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.convert_int8 import ConvertInt8, convert_int8
+from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
 from slimfx.passes.quant.insert_observers import InsertObservers, insert_observers
 from slimfx.passes.quant.qconfig import INTEGER_OPS, QConfig
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize, to_qdq
@@ -165,6 +166,11 @@ def _run_pipeline(graph: Graph, data: Iterable[Any] | None, pipe: Pipeline, *,
                   num_batches: int | None, form: str, progress: bool,
                   bias_correction: bool) -> Graph:
     passes = pipe.passes
+    if any(isinstance(p, InsertFakeQuant) for p in passes):
+        raise QuantizationError(f"pipeline {str(pipe)!r} prepares quantization-aware training "
+                                "('insert-fake-quant'), it does not quantize: use "
+                                "slimfx.prepare_qat(graph, data), train slimfx.to_torch(...) "
+                                "and slimfx.convert(module)")
     static = any(isinstance(p, InsertObservers) for p in passes)
     if static and data is None:
         raise QuantizationError(f"pipeline {str(pipe)!r} inserts observers ('insert-observers') "

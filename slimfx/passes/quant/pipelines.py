@@ -3,20 +3,35 @@
 ``ptq-int8`` is the *prepare* half of static int8: after it, calibrate the graph
 (``slimfx.calibrate``), optionally correct the biases (``bias-correction``, which needs
 the calibration data) and run ``convert-int8``; :func:`slimfx.quantize` does all of it.
-The others are complete.
+``ptq-int8-cle`` is ``ptq-int8`` with ``equalize-cross-layer`` after ``fold-bn``.
+``qat-int8`` is the ``ptq-int8`` preparation ending in ``insert-fake-quant`` (see
+:func:`slimfx.prepare_qat`). The others are complete.
 """
 
 from __future__ import annotations
 
 from slimfx.passes.registry import register_pipeline
 
-__all__ = ["PTQ_PREPARE"]
+__all__ = ["PTQ_PREPARE", "PTQ_CLE_PREPARE", "QAT_PREPARE"]
 
 PTQ_PREPARE = "remove-identity,fold-bn,fuse-activation,dce,insert-observers"
 
 register_pipeline("ptq-int8", PTQ_PREPARE,
                   "static int8, prepare half: fold BN, fuse activations, insert observers; then "
                   "slimfx.calibrate and convert-int8")
+PTQ_CLE_PREPARE = ("remove-identity,fold-bn,fuse-activation,dce,equalize-cross-layer,dce,"
+                   "insert-observers")
+
+register_pipeline("ptq-int8-cle", PTQ_CLE_PREPARE,
+                  "static int8, prepare half, with cross-layer equalization of the weight ranges "
+                  "after fold-bn (helps per-tensor weights); then slimfx.calibrate and "
+                  "convert-int8")
+QAT_PREPARE = PTQ_PREPARE + ",insert-fake-quant"
+
+register_pipeline("qat-int8", QAT_PREPARE,
+                  "quantization-aware training: the ptq-int8 passes, then fake_quantize in place "
+                  "of each observer (calibrated on ctx.data); slimfx.prepare_qat(graph, data) "
+                  "runs it, slimfx.convert(trained module) gives the int8 program")
 register_pipeline("dynamic-int8", "quantize-dynamic-int8{per_token=true}",
                   "int8 weights, activation scales computed per row at run time (linear, "
                   "matmul, RNNs)")

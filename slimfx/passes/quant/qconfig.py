@@ -81,6 +81,11 @@ class QScheme:
                                     "or u8")
         if self.qmin >= self.qmax:
             raise QuantizationError(f"QScheme: qmin {self.qmin} must be below qmax {self.qmax}")
+        lo, hi = (-128, 127) if self.dtype == "i8" else (0, 255)
+        if not lo <= self.qmin < self.qmax <= hi:
+            raise QuantizationError(
+                f"QScheme: the range [{self.qmin}, {self.qmax}] does not fit {self.dtype} "
+                f"([{lo}, {hi}]); narrower ranges give fewer bits (4-bit: qmin=-8, qmax=7)")
         if self.observer == "histogram" and self.method == "minmax":
             object.__setattr__(self, "method", "percentile")
         if self.observer != "histogram" and self.method not in ("minmax", "mse"):

@@ -32,7 +32,7 @@ from slimfx.passes.quant.qconfig import PASSTHROUGH_OPS
 from slimfx.passes.registry import register_pass
 
 __all__ = ["QuantizeDequantize", "to_qdq", "observer_qparams", "qparams_attrs", "attrs_qparams",
-           "mse_weight_range"]
+           "mse_weight_range", "replace_with_qdq", "hoist_passthrough"]
 
 
 def qparams_attrs(qp: QParams) -> dict:
@@ -109,27 +109,38 @@ def to_qdq(graph: Graph) -> int:
     for node in list(graph.nodes):
         if node.op.name != "observer":
             continue
-        qp = observer_qparams(node)
-        x, y = node.inputs[0], node.output
-        attrs = qparams_attrs(qp)
-        with graph.inserting_before(node):
-            if x.is_const:
-                q_tensor = KERNELS["quantize"](x.const, **attrs)
-                q = graph.add_constant(q_tensor, f"{x.name}.q", qparams=qp)
-            else:
-                q = graph.add("quantize", [x], attrs, name=f"{x.name}.q", source=node.source)
-                q.qparams = qp
-            d = graph.add("dequantize", [q], attrs, name=f"{x.name}.dq", source=node.source)
-        graph.replace_all_uses_with(y, d)
-        graph.erase(node)
-        if x.is_const and not x.uses() and x not in graph.outputs:
-            graph.remove_constant(x)
+        replace_with_qdq(graph, node, observer_qparams(node))
         count += 1
-    _hoist_passthrough(graph)
+    hoist_passthrough(graph)
     return count
 
 
-def _hoist_passthrough(graph: Graph) -> None:
+def replace_with_qdq(graph: Graph, node: Node, qp: QParams) -> None:
+    """Replaces ``node`` (an observer or a ``fake_quantize`` of its operand 0) in place by
+    ``dequantize(quantize(x))`` with ``qp``; a constant ``x`` is quantized ahead of time.
+
+    Constant operands left unused (the float weight, a fake_quantize's scale) are removed.
+    """
+    x, y = node.inputs[0], node.output
+    operands = list(node.inputs)
+    attrs = qparams_attrs(qp)
+    with graph.inserting_before(node):
+        if x.is_const:
+            q_tensor = KERNELS["quantize"](x.const, **attrs)
+            q = graph.add_constant(q_tensor, f"{x.name}.q", qparams=qp)
+        else:
+            q = graph.add("quantize", [x], attrs, name=f"{x.name}.q", source=node.source)
+            q.qparams = qp
+        d = graph.add("dequantize", [q], attrs, name=f"{x.name}.dq", source=node.source)
+    graph.replace_all_uses_with(y, d)
+    graph.erase(node)
+    for v in operands:
+        if v.is_const and not v.uses() and v not in graph.outputs and v.name in graph.constants:
+            graph.remove_constant(v)
+
+
+def hoist_passthrough(graph: Graph) -> None:
+    """Moves every op of ``PASSTHROUGH_OPS`` across the per-tensor ``dequantize`` feeding it."""
     for node in list(graph.nodes):
         if node.op.name not in PASSTHROUGH_OPS or len(node.outputs) != 1:
             continue

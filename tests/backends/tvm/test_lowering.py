@@ -88,8 +88,9 @@ def _assert_close(case_id, pairs, rel):
 
 
 def test_every_builtin_op_has_a_lowering() -> None:
-    # opaque nodes are reported, not lowered (see test_compile)
-    allowed_missing = {"opaque"}
+    # opaque nodes are reported, not lowered (see test_compile); fake_quantize is a training
+    # op that slimfx.convert replaces by quantize/dequantize before anything is compiled
+    allowed_missing = {"opaque", "fake_quantize"}
     missing = {name for name in all_ops() if not has_lowering(name)} - allowed_missing
     assert not missing, f"ops without a TVM lowering: {sorted(missing)}"
 

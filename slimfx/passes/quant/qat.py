@@ -1,0 +1,184 @@
+"""Quantization-aware training: ``prepare_qat`` -> train ``to_torch`` -> ``convert``.
+
+::
+
+    gq = slimfx.prepare_qat(g, calib)          # fold BN, fuse, observe, calibrate, fake-quant
+    m = slimfx.to_torch(gq)                    # an nn.Module whose parameters train
+    m.train(); ...your loop, any optimizer...; m.eval()
+    g8 = slimfx.convert(m)                     # the exact integer program that was trained
+    c = slimfx.compile(g8, "x86")
+
+:func:`prepare_qat` runs the ``qat-int8`` pipeline: the passes of ``ptq-int8``
+(``remove-identity,fold-bn,fuse-activation,dce,insert-observers``), then calibration on
+``data``, then ``insert-fake-quant``. The fake quantization therefore sits exactly where
+``convert-int8`` quantizes and starts from the post-training parameters. **Data is
+required**: activation ranges come from calibrating on it (a guessed default range would
+clip or waste most of the int8 levels of a real network, and training from it
+mostly undoes the guess). Weight ranges come from the weights themselves.
+
+Training updates the float weights (and, with ``learn_scales=True``, the scales by LSQ;
+see ``slimfx/backends/torch/kernels_qat.py``); the ranges stay fixed otherwise.
+
+:func:`convert` writes the module's parameters (weights, biases, scales, zero points)
+into a copy of the graph, replaces every ``fake_quantize`` by the ``quantize`` /
+``dequantize`` pair with its current parameters (weights quantized ahead of time, as
+``quantize-dequantize`` does) and runs ``convert-int8``. Because the fake quantization is
+bit-identical to that QDQ form, ``convert(m, form="qdq")`` computes exactly what ``m``
+computes in eval mode, and ``convert(prepare_qat(g, data))`` equals
+``quantize(g, data)``.
+
+BatchNorm is folded before training with its running statistics (batch-statistics
+folding during training is not implemented yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import torch
+
+from slimfx.backends.torch.module import SlimfxModule, sync_constants
+from slimfx.errors import QuantizationError
+from slimfx.ir.core import Graph
+from slimfx.ir.ops import Trait
+from slimfx.passes.pipeline import Pipeline
+from slimfx.passes.quant.api import FORMS, prepare_ptq
+from slimfx.passes.quant.arguments import check_data, check_num_batches, expect_graph
+from slimfx.passes.quant.calibrate import calibrate
+from slimfx.passes.quant.convert_int8 import convert_int8
+from slimfx.passes.quant.insert_fake_quant import fake_quant_qparams, insert_fake_quant
+from slimfx.passes.quant.qconfig import QConfig
+from slimfx.passes.quant.quantize_dequantize import hoist_passthrough, replace_with_qdq
+
+__all__ = ["prepare_qat", "convert"]
+
+
+def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
+                qconfig: QConfig | None = None, *, learn_scales: bool = False,
+                learn_zero_points: bool = False, num_batches: int | None = None,
+                progress: bool = False) -> Graph:
+    """A copy of ``graph`` ready for quantization-aware training (see the module docstring).
+
+    Args:
+        graph: a float graph from :func:`slimfx.trace` (left untouched).
+        data: calibration batches (as for :func:`slimfx.calibrate`); required.
+        qconfig: what to quantize and how (default: the x86 preset, as ``ptq-int8``).
+        learn_scales: train the scales with LSQ gradients (else they stay fixed). Give
+            them their own, small learning rate (e.g. ``1e-5`` with Adam, whose steps are
+            about the learning rate whatever the gradient): weight scales are ~1e-3, and a
+            scale trained to zero or below makes :func:`convert` fail.
+        learn_zero_points: train the zero points too.
+        num_batches: calibrate on at most this many batches.
+        progress: show a progress bar during calibration.
+
+    Returns:
+        The graph with ``fake_quantize`` nodes; run it with :func:`slimfx.to_torch`.
+
+    Raises:
+        QuantizationError: ``graph`` is not a float slimfx graph (a module, or a graph
+            already quantized or prepared), no ``data``, a bad ``qconfig``, or a qconfig
+            that selects nothing.
+        CalibrationError: unusable calibration data.
+    """
+    g = expect_graph(graph, "slimfx.prepare_qat", QuantizationError)
+    quant = [n for n in g.nodes if n.op.has(Trait.QUANT)]
+    if quant:
+        raise QuantizationError(
+            f"slimfx.prepare_qat: graph @{g.name} is already quantized or prepared "
+            f"({quant[0].describe()} is a {quant[0].op.name} node); pass the float graph "
+            "from slimfx.trace")
+    if isinstance(data, str):
+        raise QuantizationError(f"slimfx.prepare_qat: data is the string {data!r}; pass "
+                                "calibration batches: slimfx.prepare_qat(graph, batches)")
+    if data is None:
+        raise QuantizationError(
+            "slimfx.prepare_qat needs calibration data to initialise the activation ranges: "
+            "slimfx.prepare_qat(graph, data=batches) (a few batches shaped like the traced "
+            "inputs; the training data will do)")
+    if qconfig is not None and not isinstance(qconfig, QConfig):
+        raise QuantizationError(f"slimfx.prepare_qat: qconfig must be a QConfig (e.g. "
+                                f"QConfig.preset('x86')), got {type(qconfig).__name__}")
+    check_num_batches(num_batches, "slimfx.prepare_qat")
+    data = check_data(data, "slimfx.prepare_qat")
+    g = prepare_ptq(g, qconfig)
+    calibrate(g, data, num_batches=num_batches, progress=progress)
+    insert_fake_quant(g, learn_scale=learn_scales, learn_zero_point=learn_zero_points)
+    return g
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(module, DataParallel | DistributedDataParallel):
+            inner = module.module
+        else:
+            inner = getattr(module, "_orig_mod", None)  # torch.compile's OptimizedModule
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+
+
+def _graph_of(obj: Any) -> Graph:
+    if isinstance(obj, Graph):
+        return obj.clone()
+    if isinstance(obj, torch.nn.Module):
+        m = _unwrap(obj)
+        if not isinstance(m, SlimfxModule) or not isinstance(
+                getattr(m, "source_graph", None), Graph):
+            raise QuantizationError(
+                f"slimfx.convert: {type(obj).__name__} is not a module built by "
+                "slimfx.to_torch; pass the module slimfx.to_torch(slimfx.prepare_qat(graph, "
+                "data)) returned (or that graph)")
+        g = m.source_graph.clone()
+        missing = sorted(set(m.value_names) - set(g.constants))
+        if missing:
+            raise QuantizationError(
+                f"slimfx.convert: the graph behind this module changed since to_torch (its "
+                f"constants {missing[:3]} are gone); convert the module before editing its "
+                "graph")
+        sync_constants(g, m)  # type: ignore[arg-type]
+        return g
+    raise QuantizationError(
+        f"slimfx.convert: expected the module from slimfx.to_torch(slimfx.prepare_qat(...)) "
+        f"or a graph from slimfx.prepare_qat, got {type(obj).__name__}")
+
+
+def convert(model: torch.nn.Module | Graph, *,
+            form: Literal["int8", "qdq"] = "int8") -> Graph:
+    """The quantized graph of a trained QAT module (or of a ``prepare_qat`` graph).
+
+    Args:
+        model: the module :func:`slimfx.to_torch` built from a :func:`prepare_qat` graph
+            (possibly wrapped by DataParallel / DDP), after training; or such a graph.
+        form: ``int8`` for the exact integer program (ready for :func:`slimfx.compile`),
+            ``qdq`` for the quantize/dequantize form, which computes bit for bit what the
+            module computes in eval mode.
+
+    Returns:
+        A new graph; ``model`` is left untouched.
+
+    Raises:
+        QuantizationError: not a slimfx module or graph, a graph never prepared for QAT
+            (call :func:`prepare_qat`), or trained scales that are not positive.
+    """
+    if form not in FORMS:
+        raise QuantizationError(f"slimfx.convert: form={form!r} is not a form; choose 'int8' "
+                                "(the exact integer program) or 'qdq'")
+    g = _graph_of(model)
+    fqs = g.find("fake_quantize")
+    if not fqs:
+        quantized = any(n.op.has(Trait.QUANT) for n in g.nodes)
+        state = ("is already quantized (it has no fake_quantize nodes left)" if quantized
+                 else "was never prepared for quantization-aware training")
+        raise QuantizationError(
+            f"slimfx.convert: graph @{g.name} {state}; call slimfx.prepare_qat(graph, data), "
+            "train slimfx.to_torch(prepared), then slimfx.convert(module)")
+    for node in fqs:
+        replace_with_qdq(g, node, fake_quant_qparams(node))
+    hoist_passthrough(g)
+    if form == "int8":
+        convert_int8(g)
+    return Pipeline("dce")(g, inplace=True)
