@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench-overhead bench-latency bench-accuracy clean arm-env
+.PHONY: venv demo test test-fast lint bench-overhead bench-latency bench-accuracy clean arm-env fuzz graphviz
 
 venv: $(STAMP)
 
@@ -20,11 +20,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	$(MAKE) --no-print-directory graphviz || echo "no Graphviz: graph pictures (.svg/.png) are unavailable"
 	$(BIN)/python -m slimfx.demo
 
 test: $(STAMP)
 	# the ARM tests need the qemu environment; without it they skip and say why
 	$(MAKE) --no-print-directory arm-env || echo "make arm-env failed: the ARM tests will skip"
+	# graph pictures (slimfx inspect --dot, Graph.draw) need the Graphviz `dot` program
+	$(MAKE) --no-print-directory graphviz || echo "no Graphviz: the picture tests will skip"
 	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -58,6 +61,21 @@ bench-accuracy: $(STAMP)
 # $$SLIMFX_ARM_ENV (default ~/.cache/slimfx/arm-env); a stamp makes reruns free.
 arm-env: $(STAMP)
 	$(BIN)/python -m slimfx.backends.tvm.arm_env
+
+# Graphviz `dot` for graph pictures (Graph.draw, slimfx inspect --dot); nothing when installed.
+graphviz:
+	command -v dot >/dev/null || $(SUDO) apt-get install -y graphviz \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y graphviz)
+
+# Differential fuzz campaign (tests/reliability): >= 10,000 op-level cases, torch backend vs
+# x86 (bit-exact integer ops, stated ulp bounds for float ops), integer ops on ARM under qemu,
+# CUDA compile checks, and random graphs through every pipeline; prints counts per op and
+# exits non-zero on an unknown mismatch. Options through FUZZ_ARGS, e.g.
+# FUZZ_ARGS="--cases 20000 --seed 3 --graphs 200" (python -m tests.reliability.fuzz --help).
+FUZZ_ARGS ?=
+fuzz: $(STAMP)
+	$(MAKE) --no-print-directory arm-env || echo "make arm-env failed: the ARM cases will skip"
+	$(BIN)/python -m tests.reliability.fuzz $(FUZZ_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,15 +1,29 @@
-"""The ``slimfx`` command line.
+"""The ``slimfx`` command line (the argparse front; the model commands live in ``slimfx._cli``).
 
 - ``slimfx pipelines [NAME]``: named pipelines and the explicit pass list each expands to;
 - ``slimfx passes``: registered passes with their options and one line of doc;
 - ``slimfx models``: the bundled model zoo;
-- ``slimfx demo [--retrain] [--target x86] [--no-compile]``: the end-to-end demo.
+- ``slimfx demo [--retrain] [--target x86] [--no-compile]``: the end-to-end demo;
+- ``slimfx inspect MODEL [--dot FILE.svg]``: the IR, op counts, parameters, MACs, a picture;
+- ``slimfx quantize MODEL --calib FILE [--pipeline P] [--qconfig x86|arm] -o G.safetensors``;
+- ``slimfx prune MODEL --ratio 0.5 [--importance l2] -o G.safetensors``;
+- ``slimfx compile MODEL_OR_GRAPH --target x86|arm|cuda|JSON [--tune N] -o M.slim``;
+- ``slimfx run M.slim --input X.npy [...] -o Y.npy [...]``;
+- ``slimfx bench M.slim [--compare torch,ort --model MODEL]``: a latency table;
+- ``slimfx report MODEL --calib FILE``: per-layer int8 error table.
+
+MODEL is a ``torch.export`` program (``.pt2``), a slimfx graph (``.safetensors``) or a
+Python entry point ``package.module:factory`` returning ``(model, example_inputs)``; array
+files are ``.npy`` / ``.npz`` / ``.safetensors`` (see :mod:`slimfx._cli`). Long steps show
+progress bars on stderr; ``-q`` turns them off.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -91,10 +105,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments, any :class:`~slimfx.errors.SlimfxError`) prints one line to stderr
     and returns 2; ``-v`` prints the traceback too.
     """
+    from slimfx import __version__
+    from slimfx._cli import add_parsers
+
     parser = _Parser(prog="slimfx", description="slimfx: compress and compile "
                      "PyTorch models through one IR")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"slimfx {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level; "
+                        "errors show their traceback")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # the same options after the command name (`slimfx quantize ... -q`); SUPPRESS keeps a
+    # subcommand from resetting what was given before it
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log at INFO level; errors show their traceback")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("pipelines", help="named pipelines and their expansion")
     p.add_argument("name", nargs="?", help="one pipeline name, or any pipeline string")
     sub.add_parser("passes", help="registered passes and their options")
@@ -104,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--target", default="x86", help="TVM target (default x86)")
     d.add_argument("--no-compile", action="store_true", help="stop after int8")
     d.add_argument("--threads", type=int, default=1, help="CPU threads (0 = library defaults)")
+    add_parsers(sub, common)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or bad usage already reported in one line
@@ -117,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _passes()
         if args.command == "models":
             return _models()
+        run = getattr(args, "run", None)
+        if run is not None:
+            return int(run(args))
         from slimfx.demo import main as demo_main
 
         return demo_main([*(["--retrain"] if args.retrain else []), "--target", args.target,
@@ -124,6 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "--threads", str(args.threads)])
     except SlimfxError as e:
         return _report(e, args.verbose)
+    except BrokenPipeError:  # `slimfx inspect model.pt2 | head`: the reader went away
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from slimfx.ir import opset as _opset  # noqa: F401  (registers built-in ops)
 from slimfx.ir import opset_quant as _opset_quant  # noqa: F401  (quantization ops)
 from slimfx.ir.core import Graph, Node, Source, Use, Value
+from slimfx.ir.dot import to_dot
 from slimfx.ir.ops import AttrDef, Attrs, OpDef, Trait, all_ops, get_op, has_op, register_op
 from slimfx.ir.parser import parse
 from slimfx.ir.printer import format_graph, format_node
@@ -36,5 +37,6 @@ __all__ = [
     "parse",
     "register_op",
     "save_graph",
+    "to_dot",
     "verify",
 ]

@@ -9,9 +9,11 @@ while iterating.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -434,6 +436,16 @@ class Graph:
         from slimfx.ir.nx import to_networkx
 
         return to_networkx(self)
+
+    def draw(self, path: str | os.PathLike[str], *, format: str | None = None,
+             before: Graph | None = None) -> Path:
+        """Writes a picture of the graph (SVG/PNG/PDF through Graphviz, or ``.dot`` text).
+
+        See :func:`slimfx.ir.dot.draw`; raises SlimfxError when Graphviz is missing.
+        """
+        from slimfx.ir.dot import draw
+
+        return draw(self, path, format=format, before=before)
 
     def format(self, *, locations: bool = False, inline_limit: int = 8) -> str:
         from slimfx.ir.printer import format_graph
