@@ -2,8 +2,8 @@
 
 Public API (DESIGN.md §1): ``trace``, ``Pipeline``, ``register_pass``,
 ``calibrate``, ``quantize``, ``to_torch``, ``compile``, ``load``; quantization-aware
-training: ``prepare_qat``, ``convert``; quantization configs: ``QConfig``, ``QScheme``,
-``OpQConfig``. Names are
+training: ``prepare_qat``, ``convert``; per-layer sensitivity: ``sensitivity``;
+quantization configs: ``QConfig``, ``QScheme``, ``OpQConfig``. Names are
 imported lazily so that ``import slimfx`` stays fast.
 """
 
@@ -21,6 +21,7 @@ _LAZY = {
     "calibrate": "slimfx.passes.quant",
     "quantize": "slimfx.passes.quant",
     "report": "slimfx.passes.quant",
+    "sensitivity": "slimfx.passes.quant",
     "prepare_qat": "slimfx.passes.quant",
     "convert": "slimfx.passes.quant",
     "QConfig": "slimfx.passes.quant",

@@ -2,10 +2,13 @@
 program, dynamic int8 and fp16/bf16.
 
 Passes: ``insert-observers``, ``quantize-dequantize``, ``convert-int8``,
-``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``, ``insert-fake-quant``.
-Pipelines: ``ptq-int8`` (prepare half), ``qat-int8``, ``dynamic-int8``, ``fp16``, ``bf16``.
+``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``, ``insert-fake-quant``,
+``equalize-cross-layer``, ``absorb-bias``.
+Pipelines: ``ptq-int8`` (prepare half), ``ptq-int8-cle``, ``qat-int8``, ``dynamic-int8``,
+``fp16``, ``bf16``.
 Functions: :func:`calibrate`, :func:`quantize`, :func:`report`, :func:`prepare_qat`,
-:func:`convert` (quantization-aware training).
+:func:`convert` (quantization-aware training), :func:`sensitivity` (per-layer
+sensitivity to quantization).
 """
 
 from __future__ import annotations
@@ -17,17 +20,25 @@ from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.cast_fp16 import CastHalf
 from slimfx.passes.quant.convert_int8 import ConvertInt8
 from slimfx.passes.quant.dynamic_int8 import QuantizeDynamicInt8
+from slimfx.passes.quant.equalize_cross_layer import (
+    AbsorbBias,
+    EqualizeCrossLayer,
+    equalize_cross_layer,
+)
 from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
 from slimfx.passes.quant.insert_observers import InsertObservers
 from slimfx.passes.quant.qat import convert, prepare_qat
 from slimfx.passes.quant.qconfig import OpQConfig, QConfig, QScheme
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
 from slimfx.passes.quant.report import report
+from slimfx.passes.quant.sensitivity import SensitivityReport, sensitivity
 
 __all__ = [
+    "AbsorbBias",
     "BiasCorrection",
     "CastHalf",
     "ConvertInt8",
+    "EqualizeCrossLayer",
     "InsertFakeQuant",
     "InsertObservers",
     "OpQConfig",
@@ -35,11 +46,14 @@ __all__ = [
     "QScheme",
     "QuantizeDequantize",
     "QuantizeDynamicInt8",
+    "SensitivityReport",
     "bias_correction",
     "calibrate",
     "convert",
+    "equalize_cross_layer",
     "prepare_ptq",
     "prepare_qat",
     "quantize",
     "report",
+    "sensitivity",
 ]
