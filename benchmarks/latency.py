@@ -2,7 +2,8 @@
 
 Run: ``python benchmarks/latency.py`` (``make bench-latency``), or e.g.
 ``python benchmarks/latency.py --models resnet18,lstm --trials 64 --out results.json``;
-``--quick`` shrinks inputs and repeats for a smoke run.
+``--quick`` shrinks inputs and repeats for a smoke run; ``--profile`` prints the per-kernel
+time table of every slimfx row after the latency table (``Compiled.profile``).
 
 Models (batch 1): ResNet-18 and MobileNetV2 at 224x224, a BERT-base-like encoder
 (``transformers.BertModel`` with the bert-base config: hidden 768, 12 layers, 12 heads,
@@ -166,6 +167,7 @@ class Cell:
     cos: float | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    profile: dict[str, Any] | None = None  # --profile: Compiled.profile figures and table
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,15 @@ class Bench:
         res = compiled.benchmark(*w.inputs, repeat=self.timing.repeat, number=number,
                                  warmup=self.timing.warmup)
         cell.ms = res.median_ms
+        if self.args.profile:
+            report = compiled.profile(*w.inputs, repeat=self.timing.repeat,
+                                      warmup=self.timing.warmup)
+            cell.profile = {
+                "total_ms": report.total_ms, "median_ms": report.median_ms,
+                "kernel_ms": report.kernel_ms, "builtin_ms": report.builtin_ms,
+                "other_ms": report.other_ms, "instrumented_ms": report.instrumented_ms,
+                "rows": [asdict(r) for r in report.rows],
+                "table": report.format(top=self.args.profile_top)}
 
 
 class _Skip(Exception):
@@ -414,6 +425,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="2-layer BERT at sequence 128")
     p.add_argument("--repeat", type=int, default=None, help="measurements per cell")
     p.add_argument("--out", default=None, help="write the results to this JSON file")
+    p.add_argument("--profile", action="store_true",
+                   help="print the per-kernel time table of each slimfx row after the table")
+    p.add_argument("--profile-top", type=int, default=15,
+                   help="kernels listed per profile table (the rest summed in one line)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log failures with tracebacks")
     args = p.parse_args(argv)
@@ -461,6 +476,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("vs torch / vs ort-int8: speedup over that row (baseline ms / row ms, > 1 is faster); "
           "prep s: trace/quantize/export; build s: slimfx.compile, tuning included; "
           "cos: output cosine similarity with torch fp32")
+    for c in cells:
+        if c.profile is not None:
+            print(f"\nprofile: {c.model} / {c.runtime} (Compiled.profile, per call)")
+            print(c.profile["table"])
     return 0
 
 

@@ -18,6 +18,8 @@ _LAZY = {
     "Compiled": "slimfx.backends.tvm.compiled",
     "BenchmarkResult": "slimfx.backends.tvm.compiled",
     "TensorSpec": "slimfx.backends.tvm.compiled",
+    "ProfileReport": "slimfx.backends.tvm.profile",
+    "ProfileRow": "slimfx.backends.tvm.profile",
     "register_lowering": "slimfx.backends.tvm.lower",
     "has_lowering": "slimfx.backends.tvm.lower",
     "lower_graph": "slimfx.backends.tvm.lower",

@@ -16,12 +16,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from slimfx.errors import DeviceError, RuntimeInputError
 from slimfx.ir.types import QParams, TensorType
+
+if TYPE_CHECKING:
+    from slimfx.backends.tvm.profile import ProfileReport
 
 __all__ = ["TensorSpec", "Compiled", "BenchmarkResult"]
 
@@ -285,6 +288,44 @@ class Compiled:
             times.append((time.perf_counter() - t0) * 1e3 / max(number, 1))
         return BenchmarkResult(statistics.median(times), statistics.fmean(times), min(times),
                                max(times), statistics.pstdev(times), len(times), max(number, 1))
+
+    def profile(self, /, *args: Any, repeat: int = 10, warmup: int = 2,
+                **kwargs: Any) -> ProfileReport:
+        """Times every kernel of one call: a :class:`~.profile.ProfileReport`.
+
+        ``str(report)`` is a table of kernels (name, calls, ms, ms per call, share of the
+        call, median ms per call; slowest first, with rows for the VM builtins and for the
+        "VM overhead / other" remainder) and the same by kind of kernel; ``report.rows``
+        holds the figures. The calling
+        thread's VM runs with a TVM VM instrument only during these calls (see
+        :mod:`slimfx.backends.tvm.profile` for what is measured); results and later calls
+        are unaffected.
+
+        Args:
+            *args: inputs, by position (or by name in ``kwargs``); random ones matching the
+                signature when none are given.
+            repeat: measured calls with and without the instrument (alternating; the
+                figures are means over these, plus per-call medians).
+            warmup: untimed calls first.
+            **kwargs: inputs by name.
+
+        Raises:
+            RuntimeInputError: wrong inputs, as for a call.
+            DeviceError: the model cannot run on this host (an aarch64 model under qemu
+                cannot be profiled).
+        """
+        from slimfx.backends.tvm.profile import profile_vm
+
+        if not args and not kwargs:
+            rng = np.random.default_rng(0)
+            args = tuple(_random_input(s.type, rng) for s in self.inputs)
+        arrays, _ = self._check(args, kwargs)
+        if self._runs_under_qemu():
+            raise DeviceError("profile() runs the model on this host's VM; an aarch64 model "
+                              "under qemu cannot be profiled (its timings mean nothing)")
+        vm = self._ensure_vm()
+        return profile_vm(vm, self.entry, self._to_device(arrays), self._device,
+                          repeat=repeat, warmup=warmup)
 
     # ----------------------------------------------------------------- saving
     def save(self, path: str | Path) -> Path:
