@@ -75,6 +75,7 @@ graphviz:
 FUZZ_ARGS ?=
 fuzz: $(STAMP)
 	$(MAKE) --no-print-directory arm-env || echo "make arm-env failed: the ARM cases will skip"
+	SLIMFX_HEAVY=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability/test_deep_graphs.py
 	$(BIN)/python -m tests.reliability.fuzz $(FUZZ_ARGS)
 
 clean:

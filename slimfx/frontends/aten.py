@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from slimfx.errors import TraceError
 from slimfx.frontends.builder import GraphBuilder, Unmapped
 from slimfx.ir.core import Value
 from slimfx.ir.types import TensorType, dtype_from_torch
@@ -92,6 +93,21 @@ def _val(x: Any) -> Value:
     return x
 
 
+def _float_operands(b: GraphBuilder, op: str, x: Any, w: Any) -> None:
+    """Refuses, as torch eager does, a layer whose input is not floating point.
+
+    Raises:
+        TraceError: naming the op, its source line and both dtypes (an ``i64`` input to
+            ``nn.Linear`` would trace, then fail when the graph runs).
+    """
+    if not isinstance(x, Value) or not isinstance(w, Value) or x.type.is_float:
+        return  # (float dtype mixes come from autocast regions: the rules check the result)
+    raise TraceError(
+        f"{op} at {b.source} gets an input of dtype {x.dtype} (weight {w.dtype}): {op} needs "
+        "floating-point operands of one dtype (torch eager raises here too, e.g. 'mat1 and "
+        "mat2 must have the same dtype'); cast the input first, e.g. x.float()")
+
+
 def _optional(b: GraphBuilder, x: Value, ops: list[Any], fills: list[float], size: int) -> list[Any]:
     """Trailing optional operands: drops trailing Nones, fills inner Nones with constants."""
     while ops and ops[-1] is None:
@@ -125,6 +141,7 @@ def _conv(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
                 pad = [0] * nd
             else:
                 pad = lo
+    _float_operands(b, c.name, x, w)
     ops = [x, w] + ([a["bias"]] if a["bias"] is not None else [])
     return b.add(c.name, ops, {"stride": stride, "padding": _ints(pad, nd), "dilation": dil,
                                "groups": a["groups"]})
@@ -132,6 +149,7 @@ def _conv(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
 
 @rule("conv_transpose2d")
 def _conv_t(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
+    _float_operands(b, c.name, a["input"], a["weight"])
     ops = [a["input"], a["weight"]] + ([a["bias"]] if a["bias"] is not None else [])
     return b.add("conv_transpose2d", ops, {
         "stride": _ints(a["stride"], 2), "padding": _ints(a["padding"], 2),
@@ -141,6 +159,7 @@ def _conv_t(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
 
 @rule("linear")
 def _linear(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
+    _float_operands(b, "linear", a["input"], a["weight"])
     ops = [a["input"], a["weight"]] + ([a["bias"]] if a["bias"] is not None else [])
     return b.add("linear", ops)
 
@@ -190,6 +209,22 @@ def _layer_norm(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
         raise Unmapped("layer norm with a bias but no weight")
     ops = [o for o in (a["weight"], a["bias"]) if o is not None]
     return b.add("layer_norm", [x, *ops], {"normalized_shape": shape, "eps": a["eps"]})
+
+
+@rule("instance_norm")
+def _instance_norm(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
+    """``nn.InstanceNorm{1,2,3}d``: input statistics -> ``instance_norm``.
+
+    With ``track_running_stats=True`` in eval, torch uses the running statistics
+    (``use_input_stats=False``): that is inference batch norm.
+    """
+    x = _val(a["input"])
+    if not a["use_input_stats"]:
+        return _bn(b, a, a["eps"])
+    if x.type.rank < 3:
+        raise Unmapped(f"instance norm of a rank-{x.type.rank} input (needs N, C, ...)")
+    opt = _optional(b, x, [a["weight"], a["bias"]], [1.0, 0.0], x.shape[1])
+    return b.add("instance_norm", [x, *opt], {"eps": a["eps"]})
 
 
 @rule("group_norm")

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch.export.graph_signature import InputKind, OutputKind
+from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
 from torch.utils._pytree import tree_leaves
 
 from slimfx.errors import TraceError
 from slimfx.frontends.builder import GraphBuilder, module_path, user_location
-from slimfx.frontends.errors import condensed, raise_refusals
+from slimfx.frontends.errors import condensed, failing_line, raise_refusals
 from slimfx.ir.core import Graph, Source, Value
 from slimfx.ir.types import TensorType
 
@@ -50,6 +51,16 @@ def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
     try:
         with torch.no_grad():
             ep = torch.export.export(model.eval(), args, kwargs, strict=False)
+    except GuardOnDataDependentSymNode as e:  # Python control flow on tensor values / sizes
+        where = failing_line(e) or "a line of forward()"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TraceError(
+            f"torch.export: {where} branches on a data-dependent value or size "
+            f"(GuardOnDataDependentSymNode: {first}). slimfx graphs are static: "
+            "data-dependent values and shapes are unsupported. Make the branch static, or "
+            "compute both sides and pick with torch.where(cond, a, b); keep shapes fixed "
+            "(a mask instead of boolean indexing). method=\"fx\" folds Python values "
+            "computed from the example inputs, which may trace a branch on sizes.") from e
     except Exception as e:  # torch raises many unrelated types here
         raise TraceError(condensed(e, "torch.export", other='method="fx"')) from e
 

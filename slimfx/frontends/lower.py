@@ -8,7 +8,9 @@ Generic policies live here, not in the rules:
 - in-place ops lower as their functional form and rebind the mutated value;
 - a rule's result types are checked against torch's example result; on any
   mismatch, or if no rule exists, the call becomes an ``opaque`` node;
-- data-dependent calls (``item``, ``nonzero``...) are refused (reported together).
+- data-dependent calls (``item``, ``nonzero``...) are refused (reported together);
+  a call whose result *shape* depends on tensor values (``x[x > 0]``: torch gives it an
+  unbacked size symbol) is a :class:`~slimfx.errors.TraceError` at once.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 from torch.utils._pytree import tree_flatten, tree_leaves, tree_map
 
+from slimfx.errors import TraceError
 from slimfx.frontends.aten import RULES, Call, bind, packet_name
 from slimfx.frontends.builder import GraphBuilder, Unmapped
 from slimfx.ir.core import Source, Value
@@ -137,6 +141,7 @@ def lower_call(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str
         b.refuse(f"data-dependent op aten.{name} (its result depends on tensor values, "
                  "which a static graph cannot hold)")
         return _placeholder_result(b, op, args, kwargs, meta)
+    _check_static(b, name, meta)
     operands = [x for x in tree_leaves((args, kwargs)) if isinstance(x, Value)]
     if not operands or name in _SHAPE_FACTORIES:
         result = _run(op, args, kwargs)
@@ -156,6 +161,22 @@ def lower_call(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str
             b.rollback(mark)
             logger.debug("%s stays opaque: %s", op, e)
     return b.opaque(op, args, kwargs, meta)
+
+
+def data_dependent_message(what: str, where: str) -> str:
+    """The TraceError text for a data-dependent shape at ``what`` (op) ``where`` (source)."""
+    return (f"{what} at {where} has a data-dependent output shape (its size depends on "
+            "tensor values, e.g. boolean indexing x[x > 0] or nonzero): slimfx graphs have "
+            "static shapes, so data-dependent shapes are unsupported (by method='export' "
+            "and method='fx' alike). Keep the shape fixed and use a mask instead: "
+            "torch.where(mask, x, 0) or x * mask, and reduce over the masked tensor.")
+
+
+def _check_static(b: GraphBuilder, name: str, meta: Any) -> None:
+    """Raises TraceError if torch's example result has a size only known at run time."""
+    for t in tree_leaves(meta):
+        if isinstance(t, torch.Tensor) and free_unbacked_symbols(t.shape):
+            raise TraceError(data_dependent_message(f"aten.{name}", str(b.source)))
 
 
 def _run(op: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -1,4 +1,4 @@
-"""The slimfx IR: typed, static-shape dataflow graphs with a text form.
+"""The slimfx IR: typed dataflow graphs (static or symbolic shapes) with a text form.
 
 See DESIGN.md §2. Importing this package registers the built-in ops.
 """
@@ -13,22 +13,26 @@ from slimfx.ir.ops import AttrDef, Attrs, OpDef, Trait, all_ops, get_op, has_op,
 from slimfx.ir.parser import parse
 from slimfx.ir.printer import format_graph, format_node
 from slimfx.ir.serialize import load_graph, save_graph
+from slimfx.ir.symbolic import Dim, SymbolRange, bind_shapes, symbol
 from slimfx.ir.types import QParams, TensorType
 from slimfx.ir.verifier import verify
 
 __all__ = [
     "AttrDef",
     "Attrs",
+    "Dim",
     "Graph",
     "Node",
     "OpDef",
     "QParams",
     "Source",
+    "SymbolRange",
     "TensorType",
     "Trait",
     "Use",
     "Value",
     "all_ops",
+    "bind_shapes",
     "format_graph",
     "format_node",
     "get_op",
@@ -37,6 +41,7 @@ __all__ = [
     "parse",
     "register_op",
     "save_graph",
+    "symbol",
     "to_dot",
     "verify",
 ]

@@ -20,6 +20,7 @@ import torch
 
 from slimfx.errors import VerifyError
 from slimfx.ir.ops import Attrs, OpDef, get_op
+from slimfx.ir.symbolic import SymbolRange, symbol
 from slimfx.ir.types import QParams, TensorType
 
 __all__ = ["Source", "Use", "Value", "Node", "Graph"]
@@ -71,7 +72,7 @@ class Value:
         return self.const is not None
 
     @property
-    def shape(self) -> tuple[int, ...]:
+    def shape(self) -> tuple[Any, ...]:
         return self.type.shape
 
     @property
@@ -193,8 +194,8 @@ class _NodeList:
 class Graph:
     """A static-shape dataflow graph: inputs, constants, an ordered node list, outputs."""
 
-    __slots__ = ("name", "inputs", "outputs", "constants", "output_names", "_head", "_tail",
-                 "_count", "_names", "_insert_point")
+    __slots__ = ("name", "inputs", "outputs", "constants", "output_names", "symbols", "_head",
+                 "_tail", "_count", "_names", "_insert_point")
 
     def __init__(self, name: str = "main") -> None:
         self.name = name
@@ -202,6 +203,8 @@ class Graph:
         self.outputs: list[Value] = []
         self.output_names: list[str] | None = None  # user-facing names of outputs, if any
         self.constants: dict[str, Value] = {}
+        # Symbols the shapes may use: name -> range (DESIGN.md §2; slimfx.ir.symbolic).
+        self.symbols: dict[str, SymbolRange] = {}
         self._head: Node | None = None
         self._tail: Node | None = None
         self._count = 0
@@ -228,6 +231,24 @@ class Graph:
             self.constants[value.name] = value
         else:
             value.name = self.unique_name(hint)
+
+    # ----------------------------------------------------------------- symbols
+    def add_symbol(self, name: str, min: int = 1, max: int | None = None) -> Any:
+        """Declares a shape symbol with range ``[min, max]`` (``max=None``: unbounded).
+
+        Returns the sympy symbol, for building types such as ``f32[N,3,8,8]``.
+        Re-declaring a symbol replaces its range.
+
+        Raises:
+            ValueError: a bad name (not an identifier, a reserved word) or range.
+        """
+        sym = symbol(name)
+        rng = SymbolRange(min, max)
+        problem = rng.problem()
+        if problem:
+            raise ValueError(f"symbol {name}: {problem}")
+        self.symbols[name] = rng
+        return sym
 
     # ----------------------------------------------------------------- values
     def add_input(self, name: str, type: TensorType) -> Value:
@@ -308,11 +329,12 @@ class Graph:
         inference. ``name``/``names`` are hints for the result names.
         """
         opdef = get_op(op) if isinstance(op, str) else op
-        node = Node(opdef, inputs, opdef.make_attrs(attrs), source)
+        norm = opdef.make_attrs(attrs)
         if types is None:
             if opdef.infer is None:
                 raise VerifyError(f"{opdef.name}: the op has no type inference; pass types=")
-            types = opdef.infer([v.type for v in inputs], node.attrs)
+            types = opdef.infer([v.type for v in inputs], norm)
+        node = Node(opdef, inputs, norm, source)  # after inference: a failure leaves no uses
         if opdef.num_results >= 0 and len(types) != opdef.num_results:
             raise VerifyError(f"{opdef.name}: expected {opdef.num_results} results, "
                               f"got {len(types)} types")
@@ -408,6 +430,7 @@ class Graph:
     def clone(self) -> Graph:
         """A structural copy. Constant tensors are shared: passes replace, never mutate them."""
         g = Graph(self.name)
+        g.symbols = dict(self.symbols)
         vmap: dict[int, Value] = {}
         for v in self.inputs:
             nv = g.add_input(v.name, v.type)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import difflib
 import enum
 import math
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from slimfx.errors import UnsupportedOpError
+from slimfx.ir.symbolic import ShapeError, format_dim, normalize_dim
 from slimfx.ir.types import DTYPES, TensorType
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ _KINDS = {
     "bool": (bool,),
     "str": (str,),
     "ints": (tuple,),
+    "dims": (tuple,),
     "floats": (tuple,),
     "dtype": (str,),
     "any": (object,),
@@ -66,8 +69,10 @@ _KINDS = {
 class AttrDef:
     """One typed attribute of an op.
 
-    ``kind`` is one of int, float, bool, str, ints, floats, dtype, any. A
-    default of ``None`` makes the attribute optional (None allowed).
+    ``kind`` is one of int, float, bool, str, ints, floats, dims, dtype, any.
+    ``dims`` is a list of dimensions: ints or symbolic expressions such as
+    ``N*64`` (``reshape``/``expand`` targets). A default of ``None`` makes the
+    attribute optional (None allowed).
     """
 
     name: str
@@ -96,6 +101,16 @@ class AttrDef:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{op}: attribute {self.name!r} expects an int, got {value!r}")
             return int(value)
+        if self.kind == "dims":
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = (value,)
+            if not isinstance(value, tuple) or any(isinstance(v, bool) for v in value):
+                raise TypeError(f"{op}: attribute {self.name!r} expects a list of dims, "
+                                f"got {value!r}")
+            try:
+                return tuple(v if type(v) is int else normalize_dim(v) for v in value)
+            except ShapeError as e:
+                raise TypeError(f"{op}: attribute {self.name!r}: {e}") from e
         if self.kind in ("ints", "floats"):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = (value,)
@@ -235,8 +250,58 @@ class OpDef:
             raise TypeError(f"{self.name}: unknown attributes {sorted(given)}; known: {known}")
         return Attrs(out)
 
+    def __post_init__(self) -> None:
+        if self.infer is not None and not getattr(self.infer, "_symbolic_guard", False):
+            object.__setattr__(self, "infer", _guarded(self.name, self.infer))
+
     def __repr__(self) -> str:
         return f"OpDef({self.name!r})"
+
+
+_GUARDS: weakref.WeakKeyDictionary[Any, dict[str, InferFn]] = weakref.WeakKeyDictionary()
+
+
+def _guarded(name: str, infer: InferFn) -> InferFn:
+    """One guard per (function, op name), so equal OpDefs stay equal."""
+    try:
+        per_name = _GUARDS.setdefault(infer, {})
+    except TypeError:  # not weak-referenceable
+        return _guard_symbolic(name, infer)
+    if name not in per_name:
+        per_name[name] = _guard_symbolic(name, infer)
+    return per_name[name]
+
+
+def _guard_symbolic(name: str, infer: InferFn) -> InferFn:
+    """Wraps ``infer`` so that symbolic inputs fail with a ShapeError naming the op.
+
+    Static inputs behave exactly as before (same results, same exceptions). With a
+    symbolic input, a ShapeError gains the op name, and a TypeError or
+    ArithmeticError (sympy refusing ``int()``, ``range()`` or a comparison it
+    cannot decide) becomes a ShapeError that names the op and the symbolic
+    dimensions. A ValueError or IndexError is the op's own message and stays.
+    """
+
+    def guarded(types: Sequence[TensorType], attrs: Mapping[str, Any]) -> list[TensorType]:
+        try:
+            return infer(types, attrs)
+        except ShapeError as e:
+            if str(e).startswith(f"{name}:"):
+                raise
+            raise ShapeError(f"{name}: {e}") from e
+        except (TypeError, ArithmeticError) as e:
+            symbolic = [(i, j, d) for i, t in enumerate(types) if isinstance(t, TensorType)
+                        for j, d in enumerate(t.shape) if type(d) is not int]
+            if not symbolic:
+                raise
+            dims = ", ".join(f"operand {i} dim {j} = {format_dim(d)}" for i, j, d in symbolic[:4])
+            raise ShapeError(f"{name}: shape inference cannot handle the symbolic "
+                             f"dimension(s) {dims}: {type(e).__name__}: {e}") from e
+
+    guarded._symbolic_guard = True  # type: ignore[attr-defined]
+    guarded.__wrapped__ = infer  # type: ignore[attr-defined]
+    guarded.__doc__ = infer.__doc__
+    return guarded
 
 
 _REGISTRY: dict[str, OpDef] = {}

@@ -1,8 +1,10 @@
 """Built-in float ops: operands, attributes, traits and type inference.
 
 Semantics follow the PyTorch function of the same name unless the doc says
-otherwise. Layout is PyTorch's (NCHW, linear weight ``[out, in]``). Shapes are
-static. ``act_min``/``act_max`` on conv/linear are a fused clamp of the output
+otherwise. Layout is PyTorch's (NCHW, linear weight ``[out, in]``). Leading
+(batch, sequence) dims may be symbolic (``slimfx.ir.symbolic``); channel and
+spatial dims of conv/pool windows must be static, which inference checks by
+raising a ShapeError naming the op and dim. ``act_min``/``act_max`` on conv/linear are a fused clamp of the output
 (ReLU is ``act_min=0``); ``None`` means unbounded.
 """
 
@@ -13,7 +15,8 @@ from typing import Any
 
 from slimfx.ir.ops import AttrDef as A
 from slimfx.ir.ops import OpDef, Trait, register_op
-from slimfx.ir.shapes import broadcast, conv_out, norm_axis, pool_out, promote
+from slimfx.ir.shapes import broadcast, conv_out, norm_axis, pool_out, promote, static_dims
+from slimfx.ir.symbolic import ShapeError, ceildiv, format_dim
 from slimfx.ir.types import TensorType
 
 __all__: list[str] = []  # importing this module registers the built-in ops
@@ -51,6 +54,8 @@ def _where(ts: Types, a: Attrs) -> list[TensorType]:
 def _conv(nd: int):
     def infer(ts: Types, a: Attrs) -> list[TensorType]:
         x, w = ts[0], ts[1]
+        if not x.is_static:
+            static_dims(x, range(1, x.rank), "channel/spatial")
         spatial = tuple(
             conv_out(x.shape[2 + i], w.shape[2 + i], a["stride"][i], a["padding"][i],
                      a["padding"][i], a["dilation"][i])
@@ -61,6 +66,8 @@ def _conv(nd: int):
 
 def _conv_transpose(ts: Types, a: Attrs) -> list[TensorType]:
     x, w = ts[0], ts[1]
+    if not x.is_static:
+        static_dims(x, range(1, x.rank), "channel/spatial")
     sp = tuple(
         (x.shape[2 + i] - 1) * a["stride"][i] - 2 * a["padding"][i]
         + a["dilation"][i] * (w.shape[2 + i] - 1) + a["output_padding"][i] + 1
@@ -113,6 +120,11 @@ _op("layer_norm", ["x", "weight?", "bias?"], (A("normalized_shape", "ints"), A("
     _NORM, _same)
 _op("group_norm", ["x", "weight?", "bias?"], (A("num_groups", "int"), A("eps", "float", 1e-5)),
     _NORM, _same)
+_op("instance_norm", ["x", "weight?", "bias?"], (A("eps", "float", 1e-5),), _NORM, _same,
+    doc="F.instance_norm with the input's own statistics (use_input_stats=True): each "
+        "(sample, channel) of x[N, C, ...] normalized over the dims after 1 (biased "
+        "variance), then weight[C] * . + bias[C] (affine); running statistics "
+        "(track_running_stats in eval) are batch_norm")
 _op("rms_norm", ["x", "weight?"], (A("normalized_shape", "ints"), A("eps", "float", None)),
     _NORM, _same)
 
@@ -156,6 +168,8 @@ _op("where", ["cond", "a", "b"], (), _BIN, _where)
 def _pool(nd: int):
     def infer(ts: Types, a: Attrs) -> list[TensorType]:
         x = ts[0]
+        if not x.is_static:
+            static_dims(x, range(x.rank - nd, x.rank), "spatial")
         dil = a.get("dilation") or (1,) * nd
         sp = tuple(pool_out(x.shape[-nd + i], a["kernel"][i], a["stride"][i], a["padding"][i],
                             dil[i], a["ceil_mode"]) for i in range(nd))
@@ -188,6 +202,8 @@ _SHAPE = [T.PURE, T.SHAPE_ONLY]
 
 
 def _reshape(ts: Types, a: Attrs) -> list[TensorType]:
+    if not (ts[0].is_static and all(type(d) is int for d in a["shape"])):
+        return [_reshape_symbolic(ts[0], a["shape"])]
     shape = list(a["shape"])
     if -1 in shape:
         known = 1
@@ -197,6 +213,31 @@ def _reshape(ts: Types, a: Attrs) -> list[TensorType]:
     if TensorType(tuple(shape)).numel != ts[0].numel:
         raise ValueError(f"cannot reshape {ts[0]} to {tuple(a['shape'])}")
     return [ts[0].with_shape(tuple(shape))]
+
+
+def _reshape_symbolic(x: TensorType, target: tuple) -> TensorType:
+    """reshape with symbols: ``-1`` is numel / (product of the others), exact by sympy."""
+    import sympy
+
+    shape = list(target)
+    total = sympy.sympify(x.numel)
+    shown = "[" + ",".join(format_dim(d) for d in target) + "]"
+    if shape.count(-1) > 1:
+        raise ShapeError(f"reshape: target {shown} has more than one -1")
+    if -1 in shape:
+        known = sympy.Mul(*[d for d in shape if not (type(d) is int and d == -1)])
+        if known == 0:
+            raise ShapeError(f"reshape: cannot infer -1 of {shown} for {x}: other dims are 0")
+        rest = sympy.cancel(total / known)
+        if rest.is_integer is not True:
+            raise ShapeError(f"reshape: cannot prove that {x} ({format_dim(x.numel)} elements) "
+                             f"divides into {shown}: -1 would be {rest}")
+        shape[shape.index(-1)] = rest
+    out = x.with_shape(tuple(shape))
+    if sympy.expand(sympy.sympify(out.numel) - total) != 0:
+        raise ShapeError(f"reshape: cannot reshape {x} to {shown}: {format_dim(x.numel)} "
+                         f"elements vs {format_dim(out.numel)}")
+    return out
 
 
 def _permute(ts: Types, a: Attrs) -> list[TensorType]:
@@ -229,8 +270,22 @@ def _split(ts: Types, a: Attrs) -> list[TensorType]:
 def _slice(ts: Types, a: Attrs) -> list[TensorType]:
     ax = norm_axis(a["axis"], ts[0].rank)
     shape = list(ts[0].shape)
+    size = shape[ax]
+    if type(size) is not int:
+        # A symbolic axis: only slices from a non-negative start to the end are
+        # expressible without min/max: ceil((size - start) / step) for size >= start.
+        start, end, step = a["start"], a["end"], a["step"]
+        if not (start >= 0 and end >= _TO_END and step >= 1):
+            raise ShapeError(f"slice: axis {ax} of {ts[0]} is symbolic ({format_dim(size)}); "
+                             f"only [start:] with start >= 0 and step >= 1 is supported there, "
+                             f"got start={start}, end={end}, step={step}")
+        shape[ax] = ceildiv(size - start, step)
+        return [ts[0].with_shape(tuple(shape))]
     shape[ax] = len(range(*slice(a["start"], a["end"], a["step"]).indices(shape[ax])))
     return [ts[0].with_shape(tuple(shape))]
+
+
+_TO_END = (1 << 62)  # an end at or beyond this means "to the end" (torch uses 2**63 - 1)
 
 
 def _select(ts: Types, a: Attrs) -> list[TensorType]:
@@ -238,10 +293,10 @@ def _select(ts: Types, a: Attrs) -> list[TensorType]:
     return [ts[0].with_shape(ts[0].shape[:ax] + ts[0].shape[ax + 1:])]
 
 
-_op("reshape", ["x"], (A("shape", "ints"),), _SHAPE, _reshape,
+_op("reshape", ["x"], (A("shape", "dims"),), _SHAPE, _reshape,
     doc="covers view, flatten, squeeze, unsqueeze")
 _op("permute", ["x"], (A("dims", "ints"),), _SHAPE, _permute, doc="covers transpose")
-_op("expand", ["x"], (A("shape", "ints"),), _SHAPE, _expand)
+_op("expand", ["x"], (A("shape", "dims"),), _SHAPE, _expand)
 _op("cat", ["xs*"], (A("axis", "int"),), _SHAPE + [T.QUANTIZABLE], _cat)
 _op("split", ["x"], (A("axis", "int"), A("sizes", "ints")), _SHAPE, _split, num_results=-1,
     doc="one result per size; covers chunk and unbind-free splits")

@@ -113,6 +113,50 @@ _op("fake_quantize", ["x", "scale", "zero_point"], (
         "folding must not fold a weight's fake quantization. slimfx.convert replaces it by "
         "quantize/dequantize")
 
+def _fold_bn(ts: Types, a: Attrs) -> list[TensorType]:
+    w, b, *stats = ts
+    cout = w.shape[0] if w.rank else 0
+    for name, t in zip(("bias", "mean", "var", "gamma", "beta"), (b, *stats), strict=True):
+        if t.shape != (cout,) or not t.is_float:
+            raise ValueError(f"fold_bn: {name} is {t}, expected {cout} floating-point values "
+                             "(one per output channel = weight axis 0)")
+    if not w.is_float or w.rank < 2:
+        raise ValueError(f"fold_bn: weight is {w}, expected a floating-point [out, in, ...]")
+    return [w, TensorType((cout,), w.dtype)]
+
+
+# Conv + batch norm for quantization-aware training with batch statistics
+# (slimfx/passes/quant/qat_bn.py has the formulas; slimfx.convert folds both away).
+_op("fold_bn", ["weight", "bias", "mean", "var", "gamma", "beta"], (A("eps", "float", 1e-5),),
+    [T.QUANT], _fold_bn, num_results=2,
+    doc="(W', b') of fold-bn: s = gamma / sqrt(var + eps) (float64), W' = W * s along axis 0, "
+        "b' = (bias - mean) * s + beta; QAT only (the statistics are trained state, so it is "
+        "not pure: constant folding must not bake them in before slimfx.convert)")
+
+
+def _conv2d_bn(ts: Types, a: Attrs) -> list[TensorType]:
+    if len(ts) != 8:
+        raise ValueError(f"conv2d_bn: expected 8 operands, got {len(ts)}")
+    y = _conv(2)(ts, a)[0]
+    for name, t in zip(("bias", "conv_bias", "mean", "var", "gamma", "beta"), ts[2:],
+                       strict=True):
+        if t.shape != (y.shape[1],):
+            raise ValueError(f"conv2d_bn: {name} is {t}, expected {y.shape[1]} values")
+    return [y]
+
+
+_op("conv2d_bn", ["x", "weight", "bias", "conv_bias", "mean", "var", "gamma", "beta"],
+    (A("stride", "ints"), A("padding", "ints"), A("dilation", "ints"), A("groups", "int", 1),
+     A("act_min", "float", None), A("act_max", "float", None), A("eps", "float", 1e-5),
+     A("momentum", "float", 0.1)),
+    [T.QUANT], _conv2d_bn,
+    doc="QAT conv + batch norm. Inference (and eval / frozen statistics in the torch backend): "
+        "clamp(conv2d(x, weight, bias), act_min, act_max), weight and bias being the folded "
+        "fold_bn results (weight fake-quantized). Training: c = conv2d(x, weight), "
+        "y = batch_norm_train(c / s + conv_bias) with s = gamma / sqrt(var + eps), i.e. "
+        "c * sigma / sigma_batch + beta - gamma * (mean_batch - conv_bias) / sigma_batch, "
+        "running mean/var updated with momentum; then the clamp")
+
 _op("requantize", ["x"], (A("in_zero_point", "int", 0), A("multiplier", "ints"),
                           A("shift", "ints"), A("axis", "int", None)) + REQUANT_ATTRS,
     [T.QUANT, T.PURE], _with_dtype("out_dtype"),

@@ -8,7 +8,13 @@ Every error is a :class:`~slimfx.errors.ParseError` that gives the line and
 column and shows the offending line with a caret. The parsed graph is checked by
 the verifier (result types are re-inferred and compared with the text), so a
 graph that parses is a valid one. Nothing recurses on the nesting depth of the
-input beyond :data:`MAX_DEPTH` levels of attribute lists.
+input beyond :data:`MAX_DEPTH` levels of attribute lists (and
+:data:`~slimfx.ir.symbolic.MAX_EXPR_DEPTH` levels of a dimension expression).
+
+Symbolic dimensions (``f32[N,3,8,8]``, ``shape=[N*64,-1]``) are read by
+:func:`slimfx.ir.symbolic.parse_dim`, which knows ints, the symbols declared in
+the header (``graph @main(...) where N in [1, 64] {``), ``+ - * //`` and
+parentheses, and evaluates nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from slimfx.errors import ParseError, UnsupportedOpError, VerifyError
 from slimfx.ir.core import Graph, Node, Source, Value
 from slimfx.ir.ops import get_op
+from slimfx.ir.symbolic import DimSyntaxError, SymbolRange, check_symbol_name, parse_dim
 from slimfx.ir.types import DTYPES, QParams, TensorType
 from slimfx.ir.verifier import verify as verify_graph
 from slimfx.ir.verifier import verify_node
@@ -41,7 +48,7 @@ _TOKEN = re.compile(r"""
   | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<number>-?(?:(?:inf|nan)\b|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<punct>[()\[\]{}<>,=:@])
+  | (?P<punct>[()\[\]{}<>,=:@*+/-])
 """, re.VERBOSE)
 
 
@@ -72,6 +79,10 @@ class _Tokens:
                 self.toks.append((kind, m.group(), pos))
             pos = m.end()
         self.i = 0
+        # Declared symbol names; None while reading the inputs, whose symbols are
+        # declared after them (checked against the header by _symbols).
+        self.symbols: dict[str, SymbolRange] | None = None
+        self.pending: list[tuple[str, int]] = []
 
     def pos(self, k: int = 0) -> int:
         """The text position of the token ``k`` ahead (negative: behind)."""
@@ -155,6 +166,7 @@ def parse(text: str, constants: Mapping[str, torch.Tensor] | None = None, *,
         if not t.accept(","):
             t.expect(")")
             break
+    g.symbols = _symbols(t)
     t.expect("{")
     while True:
         kind, val = t.peek()
@@ -225,6 +237,123 @@ def _int(t: _Tokens, what: str) -> int:
         t.fail(f"integer {what} too long: {e}", back=1)
 
 
+_EXPR_PUNCT = frozenset("()*+-/")
+
+
+def _starts_expr(t: _Tokens) -> bool:
+    """Whether the next attribute value is a dimension expression (``N*64``, ``(S + 1)``)."""
+    kind, val = t.peek()
+    if kind == "ident":
+        return val not in ("none", "true", "false")
+    if kind == "punct":
+        return val in ("(", "-")
+    if kind == "number":
+        nk, nv = t.peek(1)
+        return nk == "punct" and nv in ("*", "/", "+", "-")
+    return False
+
+
+def _expr(t: _Tokens, what: str) -> Any:
+    """Reads the tokens of one dimension expression and parses their text with parse_dim."""
+    start = t.pos()
+    depth = 0
+    idents: list[tuple[str, int]] = []
+    while True:
+        kind, val = t.peek()
+        if kind == "punct" and val in _EXPR_PUNCT:
+            if val == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif val == "(":
+                depth += 1
+        elif kind == "ident":
+            idents.append((val, t.pos()))
+        elif kind != "number":
+            break
+        t.next()
+    end = t.toks[t.i - 1][2] + len(t.toks[t.i - 1][1]) if t.i > 0 else start
+    text = t.text[start:end] if end > start else ""
+    if not text:
+        t.fail(f"expected {what}, got {_show(*t.peek())}")
+    for name, pos in idents:
+        if check_symbol_name(name):
+            t.fail_at(pos, f"expected an integer {what}, got {name!r} "
+                           f"({check_symbol_name(name)})")
+        if t.symbols is not None and name not in t.symbols:
+            if what == "attribute value":
+                t.fail_at(pos, f"bad attribute value {name!r}: not a declared symbol (declare "
+                               f"it in the graph header: `where {name} >= 1`; strings are "
+                               f"quoted: \"{name}\")")
+            t.fail_at(pos, f"expected an integer {what}, got {name!r} (not a declared symbol; "
+                           f"declare it in the graph header: `where {name} >= 1`)")
+    try:
+        value = parse_dim(text, None)
+    except DimSyntaxError as e:
+        t.fail_at(start + e.offset, str(e))
+    if t.symbols is None:
+        t.pending.extend(idents)
+    return value
+
+
+def _dim(t: _Tokens) -> Any:
+    kind, val = t.peek()
+    nxt = t.peek(1)
+    if kind == "number" and not (nxt[0] == "punct" and nxt[1] in ("*", "/", "+", "-")):
+        dim = _int(t, "dimension")
+        if dim < 0:
+            t.fail(f"dimension {dim} is negative", back=1)
+        return dim
+    pos = t.pos()
+    dim = _expr(t, "dimension")
+    if type(dim) is int and dim < 0:
+        t.fail_at(pos, f"dimension {dim} is negative")
+    return dim
+
+
+def _symbols(t: _Tokens) -> dict[str, SymbolRange]:
+    """The header's ``where N in [1, 64], S >= 1`` clause (empty without one)."""
+    symbols: dict[str, SymbolRange] = {}
+    if t.peek() == ("ident", "where"):
+        t.next()
+        while True:
+            kind, name = t.next()
+            problem = check_symbol_name(name) if kind == "ident" else "expected a symbol name"
+            if problem:
+                t.fail(f"{problem}, got {_show(kind, name)}", back=1)
+            if name in symbols:
+                t.fail(f"symbol {name} is declared twice", back=1)
+            pos = t.pos()
+            if t.accept(">"):
+                t.expect("=")
+                rng = SymbolRange(_int(t, "symbol minimum"), None)
+            else:
+                t.expect("in")
+                t.expect("[")
+                lo = _int(t, "symbol minimum")
+                t.expect(",")
+                if t.peek() == ("number", "inf"):
+                    t.next()
+                    hi = None
+                else:
+                    hi = _int(t, "symbol maximum")
+                t.expect("]")
+                rng = SymbolRange(lo, hi)
+            problem = rng.problem()
+            if problem:
+                t.fail_at(pos, f"symbol {name}: {problem}")
+            symbols[name] = rng
+            if not t.accept(","):
+                break
+    t.symbols = symbols
+    for name, pos in t.pending:
+        if name not in symbols:
+            t.fail_at(pos, f"expected an integer dimension, got {name!r} (not a declared "
+                           f"symbol; declare it in the graph header: `where {name} >= 1`)")
+    t.pending = []
+    return symbols
+
+
 def _type(t: _Tokens) -> tuple[TensorType, QParams | None]:
     kind, dt = t.next()
     if dt not in DTYPES or kind != "ident":
@@ -232,10 +361,7 @@ def _type(t: _Tokens) -> tuple[TensorType, QParams | None]:
     t.expect("[")
     shape = []
     while not t.accept("]"):
-        dim = _int(t, "dimension")
-        if dim < 0:
-            t.fail(f"dimension {dim} is negative", back=1)
-        shape.append(dim)
+        shape.append(_dim(t))
         if not t.accept(","):
             t.expect("]")
             break
@@ -288,6 +414,8 @@ def _qparams(t: _Tokens, start: int, qdt: str, fields: dict[str, Any]) -> QParam
 def _attr_value(t: _Tokens, depth: int = 0) -> Any:
     if depth >= MAX_DEPTH:
         t.fail(f"attribute lists nested deeper than {MAX_DEPTH} levels")
+    if _starts_expr(t):
+        return _expr(t, "attribute value")
     kind, val = t.next()
     if val == "[" and kind == "punct":
         items = []
@@ -320,6 +448,8 @@ def _const(t: _Tokens, g: Graph, env: dict[str, Value], constants: Mapping[str, 
     name = _value_name(t)
     t.expect(":")
     typ, qp = _type(t)
+    if not typ.is_static:
+        t.fail_at(start, f"constant %{name} has a symbolic type {typ}; constants are static")
     tdt = DTYPES[typ.dtype]
     if t.accept("="):
         t.expect("dense")

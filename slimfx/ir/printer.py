@@ -9,6 +9,9 @@
       return %conv
     }
 
+Shape symbols and their ranges follow the inputs, sorted by name
+(``graph @main(%x: f32[N,3,8,8]) where N in [1, 64] {``; ``N >= 1`` when
+unbounded; see :mod:`slimfx.ir.symbolic`); a static graph has no ``where``.
 Every attribute is printed, defaults included, in declaration order. Constants
 with at most ``inline_limit`` elements carry their data; larger ones carry only
 their type (``slimfx.ir.parse`` takes their tensors separately). Quantization
@@ -21,7 +24,10 @@ import json
 import math
 from typing import Any
 
+import sympy
+
 from slimfx.ir.core import Graph, Node, Source, Value
+from slimfx.ir.symbolic import format_dim, format_symbol
 
 __all__ = ["format_graph", "format_node", "format_attr"]
 
@@ -43,6 +49,8 @@ def format_attr(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, tuple):
         return "[" + ",".join(format_attr(v) for v in value) + "]"
+    if isinstance(value, sympy.Expr):  # a symbolic dimension (``dims`` attributes)
+        return format_dim(value)
     raise TypeError(f"cannot print attribute value {value!r}")
 
 
@@ -87,7 +95,11 @@ def _format_const(v: Value, inline_limit: int) -> str:
 
 def format_graph(graph: Graph, *, locations: bool = False, inline_limit: int = 8) -> str:
     ins = ", ".join(f"%{v.name}: {_type(v)}" for v in graph.inputs)
-    lines = [f"graph @{graph.name}({ins}) {{"]
+    where = ""
+    if graph.symbols:
+        where = " where " + ", ".join(format_symbol(k, graph.symbols[k])
+                                      for k in sorted(graph.symbols))
+    lines = [f"graph @{graph.name}({ins}){where} {{"]
     for v in graph.constants.values():
         lines.append("  " + _format_const(v, inline_limit))
     for n in graph.nodes:

@@ -1,8 +1,8 @@
 """Saving and loading graphs: one safetensors file, no pickle.
 
 The file holds every constant tensor (and pruning masks under ``mask:<name>``);
-its metadata header holds the text form of the graph (with source locations)
-and the format version. Loading parses text and reads tensors: no code runs.
+its metadata header holds the text form of the graph (with source locations and
+the shape symbols with their ranges, ``where N in [1, 64]``) and the format version. Loading parses text and reads tensors: no code runs.
 Opaque nodes may name only allowlisted torch operator overloads (or targets the
 user registered with :func:`slimfx.ir.opaque.register_target`), and their
 argument specs are checked, before the graph is returned; the graph is verified

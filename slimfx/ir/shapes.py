@@ -1,29 +1,70 @@
-"""Shape arithmetic shared by the type-inference functions of built-in ops."""
+"""Shape arithmetic shared by the type-inference functions of built-in ops.
+
+Dimensions may be symbolic (:mod:`slimfx.ir.symbolic`). Broadcasting accepts a
+symbol against itself (or a provably equal expression) and against 1; anything
+else that cannot be proven raises :class:`~slimfx.ir.symbolic.ShapeError`.
+Convolution and pooling windows need static spatial sizes (only the batch and
+other leading dimensions may be symbolic): :func:`static_dims` says which dim
+is not. Static shapes give exactly the results (and ``int`` types) they always did.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from slimfx.ir.symbolic import Dim, ShapeError, format_dim, provably_equal
 from slimfx.ir.types import TensorType
 
-__all__ = ["broadcast", "conv_out", "pool_out", "norm_axis", "promote"]
+__all__ = ["broadcast", "conv_out", "pool_out", "norm_axis", "promote", "static_dims",
+           "ShapeError"]
 
 _RANK = {"bool": 0, "u8": 1, "i8": 2, "i16": 3, "i32": 4, "i64": 5, "bf16": 6, "f16": 7,
          "f32": 8, "f64": 9}
 
 
-def broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
-    """numpy/torch broadcasting of several shapes."""
+def broadcast(*shapes: Sequence[Dim]) -> tuple[Dim, ...]:
+    """numpy/torch broadcasting of several shapes.
+
+    Raises:
+        ValueError: static sizes that do not broadcast.
+        ShapeError: a symbolic size against a different size (not provably equal,
+            not 1), naming the dimension.
+    """
     rank = max((len(s) for s in shapes), default=0)
-    out = []
+    out: list[Dim] = []
     for i in range(rank):
         dims = {s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0}
         dims.discard(1)
         if len(dims) > 1:
-            raise ValueError(f"shapes {list(shapes)} do not broadcast")
+            if all(type(d) is int for d in dims):
+                raise ValueError(f"shapes {list(shapes)} do not broadcast")
+            first, *rest = sorted(dims, key=lambda d: (type(d) is not int, str(d)))
+            if not all(provably_equal(first, d) for d in rest):
+                shown = ", ".join(format_dim(d) for d in sorted(dims, key=str))
+                raise ShapeError(
+                    f"dim {i - rank} of shapes {_shapes(shapes)} does not broadcast: sizes "
+                    f"{shown} are not provably equal (a symbol broadcasts only with itself or 1)")
+            dims = {first}
         out.append(dims.pop() if dims else 1)
     return tuple(out)
+
+
+def _shapes(shapes: Sequence[Sequence[Dim]]) -> str:
+    return ", ".join("[" + ",".join(format_dim(d) for d in s) + "]" for s in shapes)
+
+
+def static_dims(t: TensorType, dims: Iterable[int], what: str) -> None:
+    """Raises ShapeError unless dimensions ``dims`` of ``t`` are ints.
+
+    The op's type inference runs under a guard that prefixes the op name.
+    """
+    for i in dims:
+        d = t.shape[i]
+        if type(d) is not int:
+            raise ShapeError(f"{what} dim {i % max(t.rank, 1)} of {t} is symbolic "
+                             f"({format_dim(d)}); it must be static (only batch and other "
+                             "leading dims may be symbolic)")
 
 
 def promote(*types: TensorType) -> str:
@@ -61,5 +102,5 @@ def norm_axis(axis: int, rank: int) -> int:
     return axis % max(rank, 1)
 
 
-def prod(xs: Sequence[int]) -> int:
+def prod(xs: Sequence[Dim]) -> Dim:
     return math.prod(xs)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DTYPES", "TensorType", "QParams", "dtype_to_torch", "dtype_from_torch"]
+from slimfx.ir.symbolic import Dim, format_dim, normalize_dim
+
+__all__ = ["DTYPES", "Dim", "TensorType", "QParams", "dtype_to_torch", "dtype_from_torch"]
 
 # Short names used in the text form, mapped to torch dtypes.
 DTYPES: dict[str, torch.dtype] = {
@@ -44,23 +46,35 @@ def dtype_from_torch(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TensorType:
-    """A statically shaped tensor type, e.g. ``f32[1,3,224,224]``."""
+    """A tensor type, e.g. ``f32[1,3,224,224]`` or ``f32[N,3,224,224]``.
 
-    shape: tuple[int, ...]
+    A dimension is an ``int`` or a sympy expression over symbols the graph
+    declares (:mod:`slimfx.ir.symbolic`); static dimensions are always ``int``.
+    """
+
+    shape: tuple[Dim, ...]
     dtype: str = "f32"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}; known: {sorted(DTYPES)}")
-        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "shape", tuple(
+            d if type(d) is int else normalize_dim(d) for d in self.shape))
 
     @property
     def rank(self) -> int:
         return len(self.shape)
 
     @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
+    def numel(self) -> Dim:
+        """The element count: an ``int`` when static, else a sympy expression."""
+        n = math.prod(self.shape)
+        return n if type(n) is int else normalize_dim(n)
+
+    @property
+    def is_static(self) -> bool:
+        """Whether every dimension is an ``int`` (no symbols)."""
+        return all(type(d) is int for d in self.shape)
 
     @property
     def is_float(self) -> bool:
@@ -70,7 +84,7 @@ class TensorType:
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
-    def with_shape(self, shape: tuple[int, ...] | list[int]) -> TensorType:
+    def with_shape(self, shape: tuple[Dim, ...] | list[Dim]) -> TensorType:
         return TensorType(tuple(shape), self.dtype)
 
     def with_dtype(self, dtype: str) -> TensorType:
@@ -82,7 +96,7 @@ class TensorType:
         return cls(tuple(tensor.shape), dtype_from_torch(tensor.dtype))
 
     def __str__(self) -> str:
-        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+        return f"{self.dtype}[{','.join(format_dim(d) for d in self.shape)}]"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,17 @@
 - operand counts and attributes follow the op definition;
 - result types equal what the op's type inference gives;
 - constants hold tensors of their declared type; names are unique;
-- per-channel quantization parameters have one entry per channel.
+- per-channel quantization parameters have one entry per channel;
+- shape symbols are declared in ``graph.symbols`` with valid ranges
+  (``0 <= min <= max``), and every symbol a type or a ``dims`` attribute uses is
+  declared; constants and per-channel quantized axes are static.
 """
 
 from __future__ import annotations
 
 from slimfx.errors import VerifyError
 from slimfx.ir.core import Graph, Node, Value
+from slimfx.ir.symbolic import SymbolRange, check_symbol_name, dim_symbols, format_dim
 from slimfx.ir.types import TensorType
 
 __all__ = ["verify", "verify_node"]
@@ -29,6 +33,9 @@ def _check_qparams(v: Value, node: Node | None) -> None:
     if not (v.type.rank > 0 and -v.type.rank <= qp.axis < v.type.rank):
         raise _fail(node, f"%{v.name}: quantization axis {qp.axis} out of range for {v.type}")
     n = v.type.shape[qp.axis]
+    if type(n) is not int:
+        raise _fail(node, f"%{v.name}: quantization axis {qp.axis} of {v.type} is symbolic "
+                          f"({format_dim(n)}); per-channel axes must be static")
     if len(qp.scale) != n:
         raise _fail(node, f"%{v.name}: {len(qp.scale)} per-channel scales for {n} channels")
 
@@ -37,12 +44,15 @@ def verify(graph: Graph) -> None:
     """Raises VerifyError naming the first node that breaks an invariant."""
     defined: set[int] = set()
     names: set[str] = set()
+    _check_symbol_table(graph)
 
     def define(v: Value, node: Node | None) -> None:
         if v.name in names:
             raise _fail(node, f"the name %{v.name} is defined twice")
         names.add(v.name)
         defined.add(id(v))
+        if not v.type.is_static:
+            _check_symbols(graph, v, node)
         _check_qparams(v, node)
 
     for v in graph.inputs:
@@ -70,6 +80,7 @@ def verify(graph: Graph) -> None:
             if id(v) not in defined:
                 raise _fail(node, f"operand {i} %{v.name} is not defined before use")
         verify_node(node)
+        _check_attr_symbols(graph, node)
         for o in node.outputs:
             define(o, node)
     if count != len(graph):
@@ -86,6 +97,45 @@ def verify(graph: Graph) -> None:
             raise _fail(None, f"graph output %{v.name} is not defined")
     if graph.output_names is not None and len(graph.output_names) != len(graph.outputs):
         raise _fail(None, "output_names and outputs differ in length")
+
+
+def _check_symbol_table(graph: Graph) -> None:
+    for name, rng in graph.symbols.items():
+        problem = check_symbol_name(name)
+        if problem is None and not isinstance(rng, SymbolRange):
+            problem = f"range {rng!r} is not a SymbolRange"
+        if problem is None:
+            problem = rng.problem()
+        if problem:
+            raise _fail(None, f"symbol {name}: {problem}")
+
+
+def _undeclared(graph: Graph, dims: tuple) -> list[str]:
+    used: set[str] = set()
+    for d in dims:
+        if type(d) is not int:
+            used |= dim_symbols(d)
+    return sorted(used - set(graph.symbols))
+
+
+def _check_symbols(graph: Graph, v: Value, node: Node | None) -> None:
+    if v.const is not None:
+        raise _fail(node, f"constant %{v.name} has a symbolic type {v.type}")
+    missing = _undeclared(graph, v.type.shape)
+    if missing:
+        raise _fail(node, f"%{v.name}: type {v.type} uses undeclared symbol(s) "
+                          f"{', '.join(missing)}; declare them with graph.add_symbol()")
+
+
+def _check_attr_symbols(graph: Graph, node: Node) -> None:
+    for a in node.op.attrs:
+        value = node.attrs.get(a.name)
+        if a.kind == "dims" and isinstance(value, tuple):
+            missing = _undeclared(graph, value)
+            if missing:
+                shown = ",".join(format_dim(d) for d in value)
+                raise _fail(node, f"attribute {a.name}=[{shown}] uses undeclared symbol(s) "
+                                  f"{', '.join(missing)}; declare them with graph.add_symbol()")
 
 
 _INFER_ERRORS = (ValueError, IndexError, KeyError, TypeError, ArithmeticError, AttributeError,

@@ -83,6 +83,11 @@ def _group_norm(x, weight=None, bias=None, *, num_groups, eps):
     return F.group_norm(x, num_groups, weight, bias, eps)
 
 
+@register_kernel("instance_norm")
+def _instance_norm(x, weight=None, bias=None, *, eps):
+    return F.instance_norm(x, None, None, weight, bias, True, 0.0, eps)
+
+
 @register_kernel("rms_norm")
 def _rms_norm(x, weight=None, *, normalized_shape, eps):
     return F.rms_norm(x, list(normalized_shape), weight, eps)

@@ -29,6 +29,14 @@ them parameters when the node has ``learn_scale`` / ``learn_zero_point``; buffer
 otherwise). Gradients are returned in the dtype of each operand (scales are float64
 constants in the IR so the fixed-point multipliers of ``convert`` see the same
 values as post-training quantization).
+
+Conv + batch norm trained with batch statistics (``fold_bn`` and ``conv2d_bn``; the
+formulas and the choice of scheme are in ``slimfx/passes/quant/qat_bn.py``):
+``fold_bn`` is :func:`slimfx.passes.fold_batchnorm.fold_bn_weights` itself, so the
+folded weight fake-quantized in training is bit for bit the one ``slimfx.convert``
+quantizes; :class:`ConvBn2dKernel` is a module (one per node, ``to_torch`` calls it
+with ``call_module``) because it behaves by ``self.training`` and
+``self.freeze_bn``.
 """
 
 from __future__ import annotations
@@ -37,10 +45,11 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from slimfx.backends.torch.kernels import register_kernel
+from slimfx.backends.torch.kernels import _act, register_kernel
 
-__all__ = ["fake_quantize", "lsq_grad_scale"]
+__all__ = ["ConvBn2dKernel", "fake_quantize", "lsq_grad_scale"]
 
 
 def lsq_grad_scale(numel_per_scale: int, qmax: int) -> float:
@@ -120,3 +129,52 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
 def _fake_quantize_kernel(x, scale, zero_point, *, dtype, qmin, qmax, axis, learn_scale,
                           learn_zero_point):
     return fake_quantize(x, scale, zero_point, qmin=qmin, qmax=qmax, axis=axis)
+
+
+@register_kernel("fold_bn")
+def _fold_bn_kernel(weight, bias, mean, var, gamma, beta, *, eps):
+    from slimfx.passes.fold_batchnorm import fold_bn_weights
+
+    return fold_bn_weights("conv2d", weight, bias, 1, mean.detach(), var.detach(), gamma, beta,
+                           eps)
+
+
+def bn_scale(gamma: torch.Tensor, var: torch.Tensor, eps: float,
+             dtype: torch.dtype) -> torch.Tensor:
+    """``s = gamma / sqrt(var + eps)`` as ``fold_bn_weights`` computes it (float64, then
+    ``dtype``), differentiable in ``gamma``."""
+    return (torch.rsqrt(var.detach().to(torch.float64) + eps) * gamma.to(torch.float64)).to(dtype)
+
+
+@register_kernel("conv2d_bn")
+class ConvBn2dKernel(torch.nn.Module):
+    """The torch kernel of ``conv2d_bn``: batch statistics in training, folded otherwise.
+
+    Eval mode, or ``freeze_bn`` set (:func:`slimfx.passes.quant.qat.freeze_bn_stats`):
+    ``act(conv2d(x, weight, bias))``, ``weight`` / ``bias`` being the folded (and
+    fake-quantized) ``fold_bn`` results, exactly the converted program. Training: with
+    ``s = gamma / sqrt(running_var + eps)`` (``s = 1`` where ``gamma = 0``, whose
+    channel is ``beta`` anyway)::
+
+        c = conv2d(x, weight)                      # weight = fq(W * s)
+        y = act(batch_norm_train(c / s + conv_bias, running_mean, running_var, gamma, beta))
+
+    which updates the running statistics in place (``momentum``) and back-propagates
+    through the batch mean and variance, as ``nn.BatchNorm2d`` does.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.freeze_bn = False
+
+    def forward(self, x, weight, bias, conv_bias, mean, var, gamma, beta, *, stride, padding,
+                dilation, groups, act_min, act_max, eps, momentum):
+        if not self.training or self.freeze_bn:
+            return _act(F.conv2d(x, weight, bias, stride, padding, dilation, groups),
+                        act_min, act_max)
+        s = bn_scale(gamma, var, eps, weight.dtype)
+        s = torch.where(s == 0, torch.ones_like(s), s).reshape(1, -1, 1, 1)
+        c = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        y = F.batch_norm(c / s + conv_bias.reshape(1, -1, 1, 1), mean, var, gamma, beta, True,
+                         momentum, eps)
+        return _act(y, act_min, act_max)

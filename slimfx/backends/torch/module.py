@@ -3,11 +3,20 @@
 Each IR node becomes one ``call_function`` of its kernel (see ``kernels.py``);
 constants become parameters (floating point, rank >= 1) or buffers under their
 IR names, nested like the original module tree (``layer1.0.conv1.weight``).
-The module is differentiable, so calibration and QAT train through it.
+The module is differentiable, so calibration and QAT train through it. A kernel
+registered as an ``nn.Module`` class (``conv2d_bn``, which behaves by train / eval
+mode) becomes one submodule per node, called with ``call_module``.
+
+Calling the module checks its inputs first, as compiled models do (see
+:mod:`slimfx.ir.signature`): by position or by input name, each a tensor of the
+graph input's shape and dtype, else a :class:`~slimfx.errors.RuntimeInputError`
+naming the input. The check reads shapes and dtypes only (no tensor op), so it
+costs microseconds and leaves autograd alone.
 """
 
 from __future__ import annotations
 
+import copy
 import operator
 import re
 from typing import Any
@@ -17,8 +26,11 @@ import torch.fx as fx
 from torch.utils._pytree import tree_leaves
 
 from slimfx.backends.torch.kernels import KERNELS
-from slimfx.errors import UnsupportedOpError
+from slimfx.errors import QuantizationError, RuntimeInputError, UnsupportedOpError
 from slimfx.ir.core import Graph, Value
+from slimfx.ir.ops import Trait
+from slimfx.ir.signature import bind_inputs, shape_matches, type_mismatch
+from slimfx.ir.types import TensorType, dtype_from_torch
 
 __all__ = ["to_torch", "SlimfxModule"]
 
@@ -32,6 +44,73 @@ class SlimfxModule(fx.GraphModule):
 
     value_names: dict[str, str]
     source_graph: Graph
+    input_types: tuple[tuple[str, TensorType, torch.dtype], ...]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the graph on inputs given by position or by input name.
+
+        Raises:
+            RuntimeInputError: wrong number or names of inputs, or an input that is not a
+                tensor of the graph input's shape and dtype.
+        """
+        types = self.__dict__.get("input_types")
+        if types is None:  # built by hand (fx.GraphModule APIs): nothing to check against
+            return super().__call__(*args, **kwargs)
+        if kwargs or len(args) != len(types):
+            args = tuple(bind_inputs([t[0] for t in types], args, kwargs,
+                                     who="the torch module of the graph",
+                                     is_tensor=lambda a: isinstance(a, torch.Tensor)))
+        for (name, want, dtype), arg in zip(types, args, strict=True):
+            if not isinstance(arg, torch.Tensor):
+                raise RuntimeInputError(f"input {name!r}: expected a torch tensor {want}, got "
+                                        f"{type(arg).__name__}; convert it with torch.as_tensor")
+            if arg.dtype != dtype or not shape_matches(want.shape, arg.shape):
+                raise type_mismatch(name, want, tuple(arg.shape), _dtype_name(arg.dtype),
+                                    remedy="retrace the model with inputs of this shape "
+                                    "and dtype")
+        return super().__call__(*args)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SlimfxModule:
+        # GraphModule.__deepcopy__ keeps only what the fx graph references; the slimfx
+        # attributes are copied here (the IR graph by clone(): deepcopy would recurse along
+        # its node list).
+        graph = self.__dict__.get("source_graph")
+        if isinstance(graph, Graph):
+            memo.setdefault(id(graph), graph.clone())
+        res = super().__deepcopy__(memo)
+        for attr in ("value_names", "source_graph", "input_types"):
+            if attr in self.__dict__:
+                setattr(res, attr, copy.deepcopy(self.__dict__[attr], memo))
+        return res  # type: ignore[return-value]
+
+    def train(self, mode: bool = True) -> SlimfxModule:
+        """``nn.Module.train``; refuses training mode for a quantized (converted) graph."""
+        graph = self.__dict__.get("source_graph")
+        if mode and isinstance(graph, Graph):
+            done = [n for n in graph.nodes if n.op.has(Trait.QUANT) and n.op.name not in
+                    _TRAINABLE_QUANT_OPS]
+            if done:
+                raise QuantizationError(
+                    f"this module runs graph @{graph.name}, which is already quantized "
+                    f"({done[0].describe()} is a {done[0].op.name} node: slimfx.convert or "
+                    "slimfx.quantize made it) and cannot be trained; train the module of "
+                    "slimfx.prepare_qat(float_graph, data), then call slimfx.convert(module) "
+                    "once, after training")
+        return super().train(mode)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    try:
+        return dtype_from_torch(dtype)
+    except KeyError:
+        return str(dtype).removeprefix("torch.")
+
+
+# Quantization ops that train (QAT); any other quantization op means a converted graph.
+_TRAINABLE_QUANT_OPS = frozenset({"fake_quantize", "fold_bn", "conv2d_bn", "observer"})
+# Operands that are running statistics (state updated in training, never trained).
+_STATE_OPERANDS: dict[str, tuple[int, ...]] = {"batch_norm": (1, 2), "fold_bn": (2, 3),
+                                               "conv2d_bn": (4, 5)}
 
 
 def _flatten_outputs(result: Any, n: int) -> tuple[Any, ...]:
@@ -92,7 +171,7 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
     for v in graph.inputs:
         env[id(v)] = g.placeholder(_fx_name(v.name))
     # Running statistics of batch norm are state, not parameters to train.
-    stats = {id(n.inputs[i]) for n in graph.nodes if n.op.name == "batch_norm" for i in (1, 2)}
+    stats = {id(n.inputs[i]) for n in graph.nodes for i in _STATE_OPERANDS.get(n.op.name, ())}
     # So are the scale / zero point a fake_quantize does not learn (QAT).
     stats |= {id(n.inputs[i]) for n in graph.nodes if n.op.name == "fake_quantize"
               for i, learn in ((1, "learn_scale"), (2, "learn_zero_point")) if not n.attrs[learn]}
@@ -109,8 +188,18 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
         env[id(v)] = g.get_attr(path)
     for node in graph.nodes:
         args = tuple(env[id(v)] for v in node.inputs)
-        call = g.create_node("call_function", KERNELS[node.op.name], args, dict(node.attrs),
-                             name=_fx_name(node.name))
+        kernel = KERNELS[node.op.name]
+        if isinstance(kernel, type) and issubclass(kernel, torch.nn.Module):
+            # a stateful kernel (behaves by train / eval mode): one submodule per node
+            target = "_k_" + _fx_name(node.name)
+            while hasattr(root, target):
+                target += "_"
+            root.add_module(target, kernel())
+            call = g.create_node("call_module", target, args, dict(node.attrs),
+                                 name=_fx_name(node.name))
+        else:
+            call = g.create_node("call_function", kernel, args, dict(node.attrs),
+                                 name=_fx_name(node.name))
         if len(node.outputs) == 1 and node.op.num_results == 1:
             env[id(node.outputs[0])] = call
         elif len(node.outputs) == 1 and node.op.name == "opaque":
@@ -121,17 +210,19 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
                 env[id(o)] = g.call_function(operator.getitem, (flat, i))
     outs = [env[id(v)] for v in graph.outputs]
     g.output(outs[0] if len(outs) == 1 else tuple(outs))
-    module = fx.GraphModule(root, g, class_name="SlimfxModule")
-    module.__class__ = type("SlimfxModule", (SlimfxModule, module.__class__), {})
+    # SlimfxModule itself, not a class swapped in afterwards: fx gives every GraphModule
+    # its own subclass, and a swapped-in class made deepcopy's forward recurse forever.
+    module = SlimfxModule(root, g, class_name="SlimfxModule")
     module.value_names = names
+    module.input_types = tuple((v.name, v.type, v.type.torch_dtype) for v in graph.inputs)
     module.source_graph = graph  # what slimfx.convert writes the trained constants into
     module.eval()
-    return module  # type: ignore[return-value]
+    return module
 
 
 def sync_constants(graph: Graph, module: SlimfxModule) -> None:
     """Writes the module's (trained) parameters and buffers back into the graph constants."""
-    state = dict(module.named_parameters())
+    state: dict[str, torch.Tensor] = dict(module.named_parameters())
     state.update(dict(module.named_buffers()))
     for name, path in module.value_names.items():
         v: Value = graph.constants[name]

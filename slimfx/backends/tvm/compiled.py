@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimfx.errors import DeviceError, RuntimeInputError
+from slimfx.ir.signature import bind_inputs, shape_matches
 from slimfx.ir.types import QParams, TensorType
 
 if TYPE_CHECKING:
@@ -162,37 +163,9 @@ class Compiled:
 
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
         """Inputs in signature order, from positional and keyword (input name) arguments."""
-        names = [s.name for s in self.inputs]
-        expected = ", ".join(names)
-        if (len(args) == 1 and not kwargs and isinstance(args[0], list | tuple) and args[0]
-                and len(self.inputs) != 1
-                and all(_is_torch(a) or isinstance(a, np.ndarray) for a in args[0])):
-            raise RuntimeInputError(
-                f"the compiled model takes {len(names)} input(s) ({expected}) as separate "
-                f"arguments, got one {type(args[0]).__name__} of {len(args[0])} tensors; "
-                "unpack it: compiled(*inputs)")
-        if not kwargs:
-            if len(args) != len(names):
-                raise RuntimeInputError(f"the compiled model takes {len(names)} input(s) "
-                                        f"({expected}), got {len(args)}")
-            return list(args)
-        problems = []
-        if len(args) > len(names):
-            problems.append(f"{len(args)} positional inputs for {len(names)} input(s)")
-        unknown = [k for k in kwargs if k not in names]
-        duplicate = [n for n in names[:len(args)] if n in kwargs]
-        missing = [n for n in names[len(args):] if n not in kwargs]
-        if unknown:
-            problems.append(f"unknown input name(s) {', '.join(map(repr, unknown))}")
-        if duplicate:
-            problems.append("input(s) given both by position and by name: "
-                            f"{', '.join(map(repr, duplicate))}")
-        if missing:
-            problems.append(f"missing input(s) {', '.join(map(repr, missing))}")
-        if problems:
-            raise RuntimeInputError(f"{'; '.join(problems)}; the compiled model's inputs are, "
-                                    f"in order: {expected}")
-        return list(args) + [kwargs[n] for n in names[len(args):]]
+        return bind_inputs([s.name for s in self.inputs], args, kwargs,
+                           who="the compiled model", call="compiled",
+                           is_tensor=lambda a: _is_torch(a) or isinstance(a, np.ndarray))
 
     def _check(self, args: Sequence[Any],
                kwargs: Mapping[str, Any] | None = None) -> tuple[list[np.ndarray], bool]:
@@ -401,7 +374,7 @@ def _as_array(spec: TensorSpec, arg: Any) -> np.ndarray:
                                 f"torch tensor, got {type(arg).__name__}")
     if arg.dtype != want and arg.dtype.newbyteorder("=") == want:
         arg = arg.astype(want)  # same type, other byte order
-    if tuple(arg.shape) != spec.type.shape or arg.dtype != want:
+    if not shape_matches(spec.type.shape, arg.shape) or arg.dtype != want:
         rank = (f" (rank {arg.ndim}, expected rank {spec.type.rank})"
                 if arg.ndim != spec.type.rank else "")
         raise RuntimeInputError(

@@ -18,7 +18,11 @@ Every step is exact in int32: ``sum_k (x - zp) * w = sum_k u * w - off * sum_k w
 On an x86 target with AVX-512 VNNI (``slimfx.compile`` lowers under its target) the dense is
 a PrimFunc scheduled here by hand around ``dot_16x4_vnni`` (:func:`vnni_dense_func`), marked
 ``tirx.is_scheduled`` so that tuning leaves it alone: it is fast without any tuning trial.
-Elsewhere it is the plain TE compute (meta-schedule may tensorize it). Depthwise and other
+On x86 (VNNI, or AVX2 with the int16 ``vpmaddwd`` dense) the im2col is the channels-last one
+of :mod:`.im2col_nhwc` (:func:`nhwc_conv`): ``k`` ordered ``(kh, kw, c)``, the weight
+reordered to match at compile time, 1x1 convolutions without any im2col; the integer sums are
+the same, in another order. Elsewhere (``lower_graph`` without an x86 target: ARM, CUDA) the
+im2col and dense are the plain TE computes above (meta-schedule may tensorize the dense). Depthwise and other
 grouped convolutions, run-time weights and out channels not a multiple of 16 keep the
 direct int32 convolution (:func:`grouped_conv`), scheduled by meta-schedule like any conv.
 """
@@ -34,8 +38,8 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["packable", "packed_conv", "grouped_conv", "vnni_target", "vnni_dense_func",
-           "avx2_target", "avx2_conv", "avx2_im2col_func", "avx2_dense_func", "avx2_matmul"]
+__all__ = ["packable", "packed_conv", "nhwc_conv", "grouped_conv", "vnni_target",
+           "vnni_dense_func", "avx2_target", "avx2_dense_func", "avx2_matmul", "vnni_matmul"]
 
 R = relax.op
 
@@ -71,9 +75,9 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     if nd == 1:
         x = ctx.emit(R.reshape(x, [shape[0], shape[1], 1, shape[2]]))
         w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
-    if not vnni_target() and avx2_target():
-        out = avx2_conv(ctx, x, w, b, stride=_as_2d(stride, padding, dilation, nd),
-                        x_zero_point=x_zero_point)
+    if vnni_target() or avx2_target():
+        out = nhwc_conv(ctx, x, w, b, stride=_as_2d(stride, padding, dilation, nd),
+                        x_zero_point=x_zero_point, vnni=vnni_target())
         if nd == 1:
             n_, oc_, _, ow_ = ctx.shape_of(out)
             return R.reshape(out, [n_, oc_, ow_])
@@ -130,6 +134,69 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     if nd == 1:
         return R.reshape(out, [n, oc, ow])
     return out
+
+
+def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
+              stride: tuple[tuple[int, ...], ...], x_zero_point: int, vnni: bool) -> Expr:
+    """2-D ``qconv2d`` (groups 1, constant int8 weight, ``OC % 16 == 0``) on x86: the
+    channels-last im2col of :mod:`.im2col_nhwc` + the hand-scheduled dense; int32 NCHW.
+
+    ``stride`` is the ``(stride, padding, dilation)`` triple of 2-tuples. ``vnni``: uint8
+    ``u = x + 128`` (``x`` for uint8) into :func:`vnni_dense_func` with the correction
+    ``-off * sum_k w`` folded into the bias (``off = x_zero_point (+ 128)``, the value of the
+    out-of-image taps); otherwise int16 ``x - x_zero_point`` (0 outside the image) into
+    :func:`avx2_dense_func`. 1x1 convolutions need no im2col: the channels-last sampled
+    input is the GEMM's ``A``.
+    """
+    from slimfx.backends.tvm import im2col_nhwc as nh
+
+    (sh, sw), (ph, pw), (dh, dw) = stride
+    n, c, h, wd = ctx.shape_of(x)
+    oc = w.shape[0]
+    unsigned = ctx.dtype_of(x) == "uint8"
+    if vnni:
+        dtype, q = "uint8", 4
+        shift, fill = (0, x_zero_point) if unsigned else (128, x_zero_point + 128)
+    else:
+        dtype, q, shift, fill = "int16", 2, -x_zero_point, 0
+    p = nh.plan((n, c, h, wd), w.shape, (sh, sw), (ph, pw), (dh, dw), q)
+    xp = ctx.bb.emit_te(lambda xt: nh.prep_te(xt, p, dtype, shift, fill), x,
+                        primfunc_name_hint="qconv_nhwc_pack")
+    if p.mode == "1x1":
+        col = xp
+    else:
+        key = f"{p.mode}_{n}x{c}x{h}x{wd}_k{p.kh}x{p.kw}_s{sh}x{sw}_d{dh}x{dw}_{dtype}"
+        name = f"qconv_im2col_nhwc_{key}"
+        src = ctx.emit(relax.op.reshape(xp, [n, p.hp, p.wp * p.c])) if p.mode == "rows" else xp
+        func = nh.im2col_func(p, dtype).with_attr("global_symbol", name)
+        shape = (n, p.oh, p.ow, p.kh, p.lp) if p.mode == "rows" else \
+            (n, p.oh, p.ow, p.kh, p.kw, p.cq)
+        col = ctx.emit(relax.call_tir(ctx.bb.add_func(func, name), [src],
+                                      relax.TensorType(shape, dtype)))
+    m, kp = p.m, p.kp
+    col = ctx.emit(R.reshape(col, [m, kp]))
+    w2 = nh.reorder_weight(w, p)
+    bias = b.value.numpy().astype(np.int64) if isinstance(b, tvm.ir.expr.Constant) else 0
+    if vnni:
+        packed = w2.reshape(oc // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
+        wp = ctx.const(np.ascontiguousarray(packed), "int8")
+        corr = -fill * w2.astype(np.int64).sum(axis=1) + bias
+        cb = ctx.const(np.asarray(corr, np.int64).astype(np.int32), "int32")
+        name = f"qconv_vnni_dense_{m}x{kp}x{oc}"
+        func = vnni_dense_func(m, kp, oc)
+    else:
+        packed = w2.astype(np.int16).reshape(oc // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
+        wp = ctx.const(np.ascontiguousarray(packed), "int16")
+        cb = ctx.const(np.broadcast_to(np.asarray(bias, np.int64), (oc,)).astype(np.int32),
+                       "int32")
+        name = f"qconv_avx2_dense_{m}x{kp}x{oc}"
+        func = avx2_dense_func(m, kp, oc)
+    gv = ctx.bb.add_func(func.with_attr("global_symbol", name), name)
+    acc = ctx.emit(relax.call_tir(gv, [col, wp, cb], relax.TensorType((m, oc), "int32")))
+    if b is not None and not isinstance(b, tvm.ir.expr.Constant):
+        acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
+    acc = ctx.emit(R.reshape(acc, [n, p.oh, p.ow, oc]))
+    return ctx.emit(R.permute_dims(acc, [0, 3, 1, 2]))
 
 
 def grouped_conv(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, *,
@@ -296,76 +363,6 @@ def _register_pmaddwd() -> None:
     _PMADDWD_REGISTERED = True
 
 
-def avx2_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
-              stride: tuple[tuple[int, ...], ...], x_zero_point: int) -> Expr:
-    """2-D ``qconv2d`` (groups 1, constant int8 weight) as an int16 im2col + the
-    :func:`avx2_dense_func` kernel; int32 NCHW result.
-
-    ``stride`` is the ``(stride, padding, dilation)`` triple of 2-tuples. The im2col is
-    written ``[N, OH, OW, Cp, KH, KW]`` (one PrimFunc, :func:`avx2_im2col_func`) and viewed as
-    the ``[N*OH*OW, Cp*KH*KW]`` matrix of the dense; ``Cp`` is ``C`` plus one zero channel
-    when ``C*KH*KW`` is odd (the kernel takes the reduction in pairs).
-    """
-    (sh, sw), (ph, pw), (dh, dw) = stride
-    n, c, h, wd = ctx.shape_of(x)
-    oc, _, kh, kw = w.shape
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cp = c + (c * kh * kw) % 2
-    kp = cp * kh * kw
-    m = n * oh * ow
-    key = (n, c, h, wd, kh, kw, sh, sw, ph, pw, dh, dw, x_zero_point, ctx.dtype_of(x))
-    name = "qconv_im2col_i16_" + "_".join(str(v) for v in key[:-1]).replace("-", "m")
-    im2col = avx2_im2col_func(*key).with_attr("global_symbol", name)
-    col = ctx.emit(relax.call_tir(ctx.bb.add_func(im2col, name), [x],
-                                  relax.TensorType((n, oh, ow, cp, kh, kw), "int16")))
-    col = ctx.emit(R.reshape(col, [m, kp]))
-    w2 = np.zeros((oc, cp, kh, kw), dtype=np.int16)
-    w2[:, :c] = w
-    packed = w2.reshape(oc // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
-    wp = ctx.const(np.ascontiguousarray(packed), "int16")
-    bias = np.zeros(oc, np.int32)
-    if isinstance(b, tvm.ir.expr.Constant):
-        bias = b.value.numpy().astype(np.int32)
-    cb = ctx.const(bias, "int32")
-    name = f"qconv_avx2_dense_{m}x{kp}x{oc}"
-    gv = ctx.bb.add_func(avx2_dense_func(m, kp, oc).with_attr("global_symbol", name), name)
-    acc = ctx.emit(relax.call_tir(gv, [col, wp, cb], relax.TensorType((m, oc), "int32")))
-    if b is not None and not isinstance(b, tvm.ir.expr.Constant):
-        acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
-    acc = ctx.emit(R.reshape(acc, [n, oh, ow, oc]))
-    return ctx.emit(R.permute_dims(acc, [0, 3, 1, 2]))
-
-
-def avx2_im2col_func(n: int, c: int, h: int, wd: int, kh: int, kw: int, sh: int, sw: int,
-                     ph: int, pw: int, dh: int, dw: int, x_zero_point: int,
-                     x_dtype: str) -> tirx.PrimFunc:
-    """``col[b, y, x, ci, r, s] = X[b, ci, y*sh - ph + r*dh, x*sw - pw + s*dw] - zp`` as int16
-    (0 outside the image and for the padding channel), scheduled by hand: the ``(b, y)`` rows
-    in parallel, every index a plain loop variable (no division per element)."""
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    cp = c + (c * kh * kw) % 2
-    xt = te.placeholder((n, c, h, wd), x_dtype, name="X")
-
-    def body(b_, y, xx, ci, r, s_):
-        hi = y * sh - ph + r * dh
-        wi = xx * sw - pw + s_ * dw
-        v = xt[b_, ci, hi, wi].astype("int16") - tirx.const(x_zero_point, "int16")
-        inside = tirx.all(ci < c, hi >= 0, hi < h, wi >= 0, wi < wd)
-        return tirx.if_then_else(inside, v, tirx.const(0, "int16"))
-
-    col = te.compute((n, oh, ow, cp, kh, kw), body, name="im2col_i16")
-    sch = tvm.s_tir.Schedule(te.create_prim_func([xt, col]))
-    blk = sch.get_sblock("im2col_i16")
-    loops = sch.get_loops(blk)
-    sch.parallel(sch.fuse(loops[0], loops[1]))
-    if kh * kw > 1:
-        sch.unroll(loops[-1])
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
-
-
 def _dense_tiles(m: int, blocks: int) -> tuple[int, int]:
     """Row tile ``mi`` (divides ``m``, <= 8) x channel blocks ``nb`` (divides ``blocks``,
     <= 4) with the most accumulators ``mi * nb <= 12`` (16 ymm registers in all)."""
@@ -421,3 +418,26 @@ def avx2_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | No
     name = f"qdense_avx2_{m}x{kp}x{n}"
     gv = ctx.bb.add_func(avx2_dense_func(m, kp, n).with_attr("global_symbol", name), name)
     return ctx.emit(relax.call_tir(gv, [a, wp, cb], relax.TensorType((m, n), "int32")))
+
+
+def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
+    """``u @ w.T + bias`` for a uint8 ``u`` ``[M, K]`` and a constant int8 ``w`` ``[N, K]``
+    (``N % 16 == 0``) on :func:`vnni_dense_func`; int32 ``[M, N]``.
+
+    The caller folds its zero-point correction into ``bias`` (``-off * sum_k w``, see
+    :func:`packed_conv`). A ``K`` that is not a multiple of 4 gets zero columns (zero weights:
+    they add exactly 0). Exact: ``|sum_k u * w| <= 255 * 128 * K`` fits int32.
+    """
+    m, k = ctx.shape_of(u)
+    n = w.shape[0]
+    kp = -(-k // 4) * 4
+    if kp != k:
+        u = ctx.emit(R.nn.pad(u, [0, 0, 0, kp - k]))
+    w2 = np.zeros((n, kp), dtype=np.int8)
+    w2[:, :k] = w
+    packed = w2.reshape(n // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
+    wp = ctx.const(np.ascontiguousarray(packed), "int8")
+    cb = ctx.const(np.zeros(n, np.int32) if bias is None else bias.astype(np.int32), "int32")
+    name = f"qdense_vnni_{m}x{kp}x{n}"
+    gv = ctx.bb.add_func(vnni_dense_func(m, kp, n).with_attr("global_symbol", name), name)
+    return ctx.emit(relax.call_tir(gv, [u, wp, cb], relax.TensorType((m, n), "int32")))

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 import tvm
 from tvm import relax
 
@@ -80,10 +81,13 @@ def has_lowering(op: str) -> bool:
 class LowerContext:
     """What a lowering function may use: the block builder and constant helpers."""
 
-    __slots__ = ("bb",)
+    __slots__ = ("bb", "_static")
 
     def __init__(self, bb: relax.BlockBuilder) -> None:
         self.bb = bb
+        # is_static answers, keyed by the Relax expression itself (TVM objects hash and
+        # compare by identity of the underlying node, whatever Python wrapper holds them).
+        self._static: dict[Any, bool] = {}
 
     def is_static(self, expr: relax.Expr) -> bool:
         """Whether ``expr`` depends on constants only (no graph input).
@@ -91,32 +95,46 @@ class LowerContext:
         TVM's ``FoldConstant`` evaluates such sub-expressions at build time with a generic
         CPU target, where hand-scheduled kernels using target intrinsics (VNNI, AVX2) do
         not compile: lowerings use their portable form for static operands.
+
+        The walk over the bindings is iterative (a graph may be thousands of nodes deep,
+        e.g. DenseNet's concat chains) and its answers are kept for later calls, so asking
+        for every node of a graph costs time linear in its size.
         """
-        seen: dict[int, bool] = {}
-        alive: list[Any] = []  # FFI wrappers are created per lookup: keep them, or ids recur
-
-        def visit(e: Any) -> bool:
-            key = id(e)
-            if key in seen:
-                return seen[key]
-            alive.append(e)
+        memo = self._static
+        stack: list[tuple[Any, bool]] = [(expr, False)]
+        while stack:
+            e, expanded = stack.pop()
+            if e in memo:
+                continue
             if isinstance(e, tvm.ir.expr.Constant | relax.ShapeExpr):
-                result = True
-            elif isinstance(e, relax.Var):
+                memo[e] = True
+                continue
+            if isinstance(e, relax.Var):
                 binding = self.bb.lookup_binding(e)
-                result = binding is not None and visit(binding)
+                deps = [] if binding is None else [binding]
             elif isinstance(e, relax.Call):
-                result = all(visit(a) for a in e.args)
+                deps = list(e.args)
             elif isinstance(e, relax.Tuple):
-                result = all(visit(f) for f in e.fields)
+                deps = list(e.fields)
             elif isinstance(e, relax.TupleGetItem):
-                result = visit(e.tuple_value)
+                deps = [e.tuple_value]
             else:
-                result = False
-            seen[key] = result
-            return result
-
-        return visit(expr)
+                memo[e] = False
+                continue
+            if isinstance(e, relax.Var) and not deps:
+                memo[e] = False  # a function parameter: a graph input
+            elif expanded:
+                memo[e] = all(memo[d] for d in deps)
+            else:
+                pending = [d for d in deps if d not in memo]
+                if any(memo[d] is False for d in deps if d in memo):
+                    memo[e] = False  # one dynamic operand decides it
+                elif not pending:
+                    memo[e] = True
+                else:
+                    stack.append((e, True))
+                    stack.extend((d, False) for d in pending)
+        return memo[expr]
 
     def emit(self, expr: relax.Expr) -> relax.Var:
         """Emits ``expr`` into the current dataflow block and returns its variable."""
@@ -192,6 +210,13 @@ def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
             source lines), or a lowering refused a node's attributes.
     """
     _ensure_builtin()
+    qat = [n for n in graph.nodes if n.op.name in ("fake_quantize", "fold_bn", "conv2d_bn")]
+    if qat:
+        raise LoweringError(
+            f"graph {graph.name!r} is prepared for quantization-aware training "
+            f"({qat[0].describe()} is a {qat[0].op.name} node, a training op): call "
+            "slimfx.convert(...) first, on the trained module or graph, and compile what it "
+            "returns: slimfx.compile(slimfx.convert(module), target)")
     missing = _unsupported(graph)
     if missing:
         lines = "\n".join(f"  {n.describe()}" for n in missing)
@@ -229,7 +254,13 @@ def _lookup(ctx: LowerContext, env: dict[int, relax.Expr], v: Value) -> relax.Ex
             raise LoweringError(f"value %{v.name} is used before it is defined; run "
                                 "graph.verify() to find the broken edge")
         tensor = v.const.detach().cpu().contiguous()
-        expr = ctx.const(tensor.numpy(), to_tvm_dtype(v.dtype))
+        if v.dtype == "bf16":  # torch's numpy() has no bfloat16: reinterpret the bits
+            import ml_dtypes
+
+            data = tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        else:
+            data = tensor.numpy()
+        expr = ctx.const(data, to_tvm_dtype(v.dtype))
         env[id(v)] = expr
     return expr
 

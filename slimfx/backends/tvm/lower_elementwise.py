@@ -46,6 +46,14 @@ def clamp(ctx: LowerContext, x: Expr, lo: float | None, hi: float | None) -> Exp
     ``torch.clamp`` (TVM's ``maximum``/``minimum`` would replace it by a bound).
     """
     dtype = ctx.dtype_of(x)
+    if not is_float(dtype):
+        # integers have no NaN; max/min read x once, so chains of fused integer ops do
+        # not grow their inlined expressions exponentially (``where`` reads x twice)
+        if lo is not None:
+            x = ctx.emit(R.maximum(x, ctx.scalar(lo, dtype)))
+        if hi is not None:
+            x = ctx.emit(R.minimum(x, ctx.scalar(hi, dtype)))
+        return x
     if lo is not None:
         b = ctx.scalar(lo, dtype)
         x = ctx.emit(R.where(R.less(x, b), b, x))

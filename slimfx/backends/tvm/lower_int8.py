@@ -7,7 +7,8 @@ The integer program is lowered with the exact semantics of the torch kernels
   points in int32 and accumulate in int32 (``out_dtype="int32"``), then add the int32 bias;
   a ``qlinear`` with a constant int8 weight whose sizes divide (N % 16, K % 4) is written as
   a u8 x s8 dense on a packed weight instead, the form meta-schedule tensorizes with VNNI
-  (see :func:`_packed_qlinear`);
+  (see :func:`_packed_qlinear`); on an x86 VNNI target it is the hand-scheduled vpdpbusd
+  kernel (:func:`.conv_int8.vnni_matmul`, any K), on AVX2 the int16 vpmaddwd kernel;
 - ``requantize`` and the int8 -> int8 ops compute in int64:
   ``clamp(rshift_round(v * M0, n) + zp, qmin, qmax)`` with
   ``rshift_round(v, n) = (v + 2**(n-1)) >> n`` (arithmetic shift, half up; ``v`` for n = 0);
@@ -17,7 +18,9 @@ The integer program is lowered with the exact semantics of the torch kernels
   with NaN mapped to ``zp`` and +-inf saturating to qmax / qmin (DESIGN.md §4);
   ``dequantize`` is ``float32(q - zp) * scale``;
 - ``dynamic_linear`` quantizes ``x`` at run time (``s = max(max|x|, 1e-8) / 127``), sums the
-  integer products exactly in float64 and scales by ``s * w_scale`` in float64, like torch;
+  integer products exactly in float64 and scales by ``s * w_scale`` in float64, like torch
+  (on x86 the products are summed by the int32 VNNI / AVX2 kernels: the same integers, as
+  ``|sum| <= 127 * 127 * K`` is exact in both int32 and float64);
   NaN as in torch: a NaN input makes ``s`` NaN (per tensor, or its row per token) and a NaN
   ``q`` makes every output of its row NaN.
 
@@ -169,6 +172,13 @@ def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
         u = ctx.emit(R.astype(R.add(ctx.cast(x, "int16"), ctx.scalar(128, "int16")), "uint8"))
         off = node.attrs["x_zero_point"] + 128
     u = ctx.emit(R.reshape(u, [m, k]))
+    corr = -off * w.astype(np.int64).sum(axis=1)
+    if conv_int8.vnni_target():  # the hand-scheduled vpdpbusd kernel (pads K to 4 itself)
+        bias = b.value.numpy() if isinstance(b, tvm.ir.expr.Constant) else None
+        acc = conv_int8.vnni_matmul(ctx, u, w, corr if bias is None else corr + bias)
+        if b is not None and bias is None:
+            acc = _bias(ctx, acc, b, -1)
+        return R.reshape(acc, [*shape[:-1], n])
     packed = w.reshape(n // 16, 16, k // 4, 4).transpose(0, 2, 1, 3)
     wp = ctx.const(np.ascontiguousarray(packed), "int8")
 
@@ -179,7 +189,6 @@ def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
             axis=r), name="qdense_vnni")
 
     acc = ctx.bb.emit_te(dense, u, wp, primfunc_name_hint="qdense_packed")
-    corr = -off * w.astype(np.int64).sum(axis=1)
     acc = ctx.emit(R.add(acc, ctx.const(corr.astype(np.int32), "int32")))
     acc = _bias(ctx, acc, b, -1)
     return R.reshape(acc, [*shape[:-1], n])
@@ -206,8 +215,8 @@ def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = N
             pass
         elif conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
             return _avx2_qlinear(ctx, node, x, wn, b)
-        elif wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0 and \
-                ctx.dtype_of(x) in ("int8", "uint8"):
+        elif wn.shape[0] % 16 == 0 and ctx.dtype_of(x) in ("int8", "uint8") and \
+                (wn.shape[1] % 4 == 0 or conv_int8.vnni_target()):
             return _packed_qlinear(ctx, node, x, wn, b)
     xs = _shifted(ctx, x, node.attrs["x_zero_point"], "int32")
     wt = ctx.permute(ctx.cast(w, "int32"), [1, 0])
@@ -292,10 +301,20 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
     nan_row = ctx.emit(R.max(R.astype(q_nan, "int8"), [rank - 1], keepdims=True))
     q = ctx.emit(R.where(q_nan, ctx.scalar(0.0, "float32"), q))
     shape = ctx.shape_of(x)
-    if isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
+    m, k = int(np.prod(shape[:-1])), shape[-1]
+    if isinstance(w, tvm.ir.expr.Constant) and conv_int8.vnni_target() \
+            and ctx.dtype_of(w) == "int8" and ctx.shape_of(w)[0] % 16 == 0 \
+            and not ctx.is_static(x):
+        # u = q + 128 in [1, 255] as uint8 on the vpdpbusd kernel, minus 128 * colsum(w):
+        # the same integer sums, exact in int32, hence the same numbers as the float64 sum
+        wn = w.value.numpy()
+        u = ctx.emit(R.astype(R.add(ctx.cast(q, "int16"), ctx.scalar(128, "int16")), "uint8"))
+        corr = -128 * wn.astype(np.int64).sum(axis=1)
+        acc_i = conv_int8.vnni_matmul(ctx, ctx.emit(R.reshape(u, [m, k])), wn, corr)
+        acc = ctx.emit(R.reshape(ctx.cast(acc_i, "float64"), [*shape[:-1], wn.shape[0]]))
+    elif isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
             and ctx.shape_of(w)[0] % 8 == 0 and not ctx.is_static(x):
         # integer products summed in int32: the same numbers as the float64 sum (exact)
-        m, k = int(np.prod(shape[:-1])), shape[-1]
         qi = ctx.emit(R.reshape(ctx.cast(q, "int16"), [m, k]))
         acc_i = conv_int8.avx2_matmul(ctx, qi, w.value.numpy(), None)
         acc = ctx.emit(R.reshape(ctx.cast(acc_i, "float64"), [*shape[:-1], ctx.shape_of(w)[0]]))

@@ -140,6 +140,15 @@ def _group_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = No
     return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
 
 
+@register_lowering("instance_norm")
+def _instance_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
+                   bias: Expr | None = None) -> Expr:
+    shape = ctx.shape_of(x)
+    dt = ctx.dtype_of(x)
+    g, b = _affine(ctx, (shape[1],), dt, weight, bias)
+    return R.nn.instance_norm(x, g, b, 1, list(range(2, len(shape))), node.attrs["eps"])
+
+
 @register_lowering("rms_norm")
 def _rms_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None) -> Expr:
     ns = tuple(node.attrs["normalized_shape"])
@@ -267,4 +276,10 @@ def _sdpa(ctx: LowerContext, node: Node, q: Expr, k: Expr, v: Expr,
         else:
             s = ctx.emit(R.add(s, ctx.cast(mask, dt)))
     p = ctx.emit(R.nn.softmax(s, -1))
+    if mask is not None or a["is_causal"]:
+        # torch's _safe_softmax: a row whose scores are all -inf (fully masked) gives 0, not
+        # the NaN of softmax(-inf, ..., -inf)
+        masked = ctx.emit(R.astype(R.equal(s, neg_inf), "int8"))
+        dead = ctx.emit(R.equal(R.min(masked, [-1], keepdims=True), ctx.scalar(1, "int8")))
+        p = ctx.emit(R.where(dead, ctx.scalar(0.0, dt), p))
     return R.matmul(p, ctx.cast(v, dt))

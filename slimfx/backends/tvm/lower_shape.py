@@ -165,8 +165,36 @@ def _interpolate(ctx: LowerContext, node: Node, x: Expr) -> Expr:
         raise LoweringError(f"interpolate mode {a['mode']!r} is not supported; known: "
                             f"{sorted(_RESIZE)}")
     method, coord, rounding = _RESIZE[a["mode"]]
+    size = tuple(a["size"])
     if a["align_corners"] and method != "nearest_neighbor":
         coord = "align_corners"
-    return R.image.resize2d(x, tuple(a["size"]), method=method,
+        if 1 in size:
+            return _align_corners_to_one(ctx, x, size, method)
+    return R.image.resize2d(x, size, method=method,
                             coordinate_transformation_mode=coord, rounding_method=rounding,
                             cubic_alpha=-0.75, cubic_exclude=0)
+
+
+def _align_corners_to_one(ctx: LowerContext, x: Expr, size: tuple[int, ...],
+                          method: str) -> Expr:
+    """align_corners resize where an output extent is 1: torch reads input index 0 there.
+
+    TVM's ``align_corners`` mode divides by ``out - 1`` (a build-time division by zero).
+    Each such axis is sliced to its first element; if another axis still needs resizing,
+    the sliced axes are doubled (2 -> 2 under align_corners is the identity), resized and
+    sliced back.
+    """
+    ones = [ax for ax in (2, 3) if size[ax - 2] == 1]
+    for ax in ones:
+        x = ctx.emit(R.strided_slice(x, [ax], [0], [1]))
+    if tuple(ctx.shape_of(x)[2:]) == size:
+        return x
+    for ax in ones:
+        x = ctx.emit(R.concat([x, x], ax))
+    tmp = tuple(2 if s == 1 else s for s in size)
+    x = ctx.emit(R.image.resize2d(x, tmp, method=method,
+                                  coordinate_transformation_mode="align_corners",
+                                  cubic_alpha=-0.75, cubic_exclude=0))
+    for ax in ones:
+        x = ctx.emit(R.strided_slice(x, [ax], [0], [1]))
+    return x

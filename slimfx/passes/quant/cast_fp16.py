@@ -24,7 +24,7 @@ from slimfx.passes.registry import register_pass
 __all__ = ["CastHalf", "cast_half", "KEEP_FP32"]
 
 KEEP_FP32 = ("softmax", "log_softmax", "layer_norm", "group_norm", "batch_norm", "rms_norm",
-             "mean", "sum", "amax", "amin")
+             "instance_norm", "mean", "sum", "amax", "amin")
 _FLOATS = ("f32", "f16", "bf16", "f64")
 
 

@@ -18,7 +18,9 @@ whose only user is a per-tensor ``quantize`` becomes integer ops (``s`` scales,
   counted) and adaptive_avg_pool2d with output sizes dividing the input:
   ``qavg_pool2d``, ``M = s_in / (s_out * kh * kw)``.
 
-Anything else stays float between its dequantize/quantize nodes. Graphs still
+Anything else stays float between its dequantize/quantize nodes (a float island:
+normalizations such as ``layer_norm``, ``group_norm`` and ``instance_norm``,
+softmax, ...). Graphs still
 holding calibrated observers are first lowered to QDQ (``to_qdq``), so
 ``insert-observers`` -> ``calibrate`` -> ``convert-int8`` works as in DESIGN §1.
 """

@@ -66,6 +66,8 @@ def float_cases() -> list[OpCase]:
         OpCase("layer_norm_noaffine", "layer_norm", [I(_r(2, 5, 8))],
                dict(normalized_shape=[5, 8])),
         OpCase("group_norm", "group_norm", [I(x4), C(_r(4)), C(_r(4))], dict(num_groups=2)),
+        OpCase("instance_norm", "instance_norm", [I(x4), C(_r(4)), C(_r(4))], dict(eps=1e-5)),
+        OpCase("instance_norm_1d_noaffine", "instance_norm", [I(_r(2, 5, 8))], dict(eps=1e-3)),
         OpCase("rms_norm", "rms_norm", [I(_r(2, 5, 8)), C(_r(8))],
                dict(normalized_shape=[8], eps=1e-6)),
         OpCase("rms_norm_default_eps", "rms_norm", [I(_r(2, 5, 8))], dict(normalized_shape=[8])),
