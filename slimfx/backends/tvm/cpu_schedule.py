@@ -7,7 +7,8 @@ one a cheap schedule that is always valid:
 
 - producers and consumers that can be inlined are inlined (``compute_inline`` /
   ``reverse_compute_inline``), so an elementwise chain is one loop nest; never into or from
-  a block with an ``init`` (a reduction), see :func:`_inline`;
+  a block with an ``init`` (a reduction), and a large expression is never copied to several
+  places (the code and compile time stay linear in the number of ops), see :func:`_inline`;
 - each remaining block has its spatial loops fused into one; the fused loop is split into an
   outer part run in parallel on the target's cores and, for blocks without a reduction, an
   inner part of 8 or 16 iterations that is vectorized when the innermost dimension allows it
@@ -60,8 +61,72 @@ def _has_init(sch: s_tir.Schedule, block: Any) -> bool:
     return sch.get(block).init is not None
 
 
+# An expression inlined at several places is copied to each; only one this small is copied.
+_MAX_COPIED = 24
+
+_CHILDREN = ("a", "b", "value", "condition", "true_value", "false_value", "args", "indices")
+
+
+def _expr_stats(root: Any, source: Any) -> tuple[int, int]:
+    """``(nodes, loads of source)`` of a block body: its expression size and reads of a buffer.
+
+    A node kind this walk does not know counts as one node without children: at worst a
+    size or a read is undercounted, which costs compile time, never correctness.
+    """
+    from tvm.ir import expr as ir_expr
+
+    nodes = loads = 0
+    stack = [root]
+    while stack:
+        e = stack.pop()
+        nodes += 1
+        if isinstance(e, ir_expr.TensorLoad) and e.source.same_as(source):
+            loads += 1
+        for name in _CHILDREN:
+            child = getattr(e, name, None)
+            if isinstance(child, ir_expr.Expr):
+                stack.append(child)
+            elif child is not None and not isinstance(child, int | float | str):
+                try:
+                    stack.extend(c for c in child if isinstance(c, ir_expr.Expr))
+                except TypeError:  # not a container
+                    pass
+    return nodes, loads
+
+
+def _size(sch: s_tir.Schedule, block: Any) -> int:
+    body = sch.get(block).body
+    return _expr_stats(getattr(body, "value", body), None)[0]
+
+
+def _reads_of(sch: s_tir.Schedule, consumer: Any, producer: Any) -> int:
+    """How many times ``consumer``'s body (and init) loads what ``producer`` writes."""
+    written = sch.get(producer).writes
+    if len(written) != 1:
+        return _MAX_COPIED  # several outputs: count as many reads (inlined only if small)
+    source = written[0].source
+    blk = sch.get(consumer)
+    n = _expr_stats(blk.body, source)[1]
+    return n + (_expr_stats(blk.init, source)[1] if blk.init is not None else 0)
+
+
+def _copies_stay_small(sch: s_tir.Schedule, producer: Any, consumers: list[Any]) -> bool:
+    """Whether inlining ``producer`` into ``consumers`` keeps the code linear in size.
+
+    Inlining substitutes the producer's expression at every load of its buffer. A producer
+    read once moves; one read several times is copied, and a chain of such producers
+    (``round_half_even`` reads ``floor(x)`` five times, ``quantize`` reads ``x`` twice, and
+    a fused quantize -> dequantize -> add -> quantize chain repeats them) grows by that
+    factor per stage: compile time exponential in the chain's length. Only producers of
+    at most ``_MAX_COPIED`` nodes are copied; the others stay a loop nest of their own.
+    """
+    reads = sum(_reads_of(sch, c, producer) for c in consumers)
+    return reads <= 1 or _size(sch, producer) <= _MAX_COPIED
+
+
 def _inline(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> list[SBlockInfo]:
-    """Inlines what it can (dlight's ``try_inline``), except into or from reductions.
+    """Inlines what it can (dlight's ``try_inline``), except into or from reductions, and
+    never copying a large expression (see :func:`_copies_stay_small`).
 
     ``normalize_prim_func`` drops loops of extent 1, so a reduction of length 1 (``linear``
     with one input feature, a 1x1 convolution of one channel) becomes a block with an
@@ -71,25 +136,41 @@ def _inline(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> list[SBlockInfo]:
     blocks before any schedule runs; as a second guard, a block with an ``init`` never takes
     an inlined consumer here (nor is it inlined itself): the reduction and its epilogue stay
     two loop nests, which always computes the right numbers.
+
+    A consumer is reverse-inlined only into its single producer: one that also reads a
+    later block would be computed before that block's definition.
     """
-    def trial(inline: Any, reverse: bool) -> int | None:
+    def inline(block: Any) -> bool:
+        consumers = sch.get_consumers(block)
+        if not consumers or not _copies_stay_small(sch, block, consumers):
+            return False
+        sch.compute_inline(block)
+        return True
+
+    def reverse_inline(block: Any) -> bool:
+        producers = sch.get_producers(block)
+        if len(producers) != 1 or _has_init(sch, producers[0]) \
+                or not _copies_stay_small(sch, producers[0], [block]):
+            return False
+        sch.reverse_compute_inline(block)
+        return True
+
+    def trial(step: Any) -> int | None:
         for i, info in enumerate(infos):
             block = info.block_rv
             if _has_init(sch, block):
                 continue
-            if reverse and any(_has_init(sch, p) for p in sch.get_producers(block)):
-                continue
             try:
-                inline(block)
+                if step(block):
+                    return i
             except Exception:  # noqa: BLE001 - not inlinable: try the next block
                 continue
-            return i
         return None
 
     while True:
-        i = trial(sch.compute_inline, False)
+        i = trial(inline)
         if i is None:
-            i = trial(sch.reverse_compute_inline, True)
+            i = trial(reverse_inline)
         if i is None:
             return infos
         infos.pop(i)
