@@ -58,7 +58,7 @@ def _isolate_registries() -> Iterator[None]:
     lower = sys.modules.get("slimfx.backends.tvm.lower")
     if lower is not None:
         lower.has_lowering("relu")  # loads the built-in lowerings
-        tables.append(lower._LOWERINGS)
+        tables += [lower._LOWERINGS, lower._FUSIONS]
     saved = [dict(t) for t in tables]
     yield
     for table, before in zip(tables, saved, strict=True):

@@ -30,6 +30,7 @@ direct int32 convolution (:func:`grouped_conv`), scheduled by meta-schedule like
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -38,10 +39,66 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["packable", "packed_conv", "nhwc_conv", "grouped_conv", "vnni_target",
+__all__ = ["Requant", "packable", "packed_conv", "nhwc_conv", "grouped_conv", "vnni_target",
            "vnni_dense_func", "avx2_target", "avx2_dense_func", "avx2_matmul", "vnni_matmul"]
 
 R = relax.op
+
+
+@dataclass(frozen=True)
+class Requant:
+    """A ``requantize`` fused into a dense kernel's epilogue, per output channel.
+
+    ``out[j] = clamp(((acc[j] + cb[j]) * mul[j] + half[j]) >> shift[j] + zero_point, qmin,
+    qmax)`` in int64, ``half = 2**(shift-1)`` (0 for a shift of 0): the formula of the
+    ``requantize`` lowering (:func:`slimfx.backends.tvm.lower_int8.requantize_expr`), applied
+    to the int32 accumulator while it is still in registers, so the kernel writes int8.
+    """
+
+    mul: np.ndarray    # int64 [OC]
+    shift: np.ndarray  # int64 [OC]
+    zero_point: int
+    qmin: int
+    qmax: int
+    dtype: str         # "int8" or "uint8"
+
+    @staticmethod
+    def per_channel(channels: int, multiplier: Sequence[int], shift: Sequence[int],
+                    zero_point: int, qmin: int, qmax: int, dtype: str) -> Requant:
+        """From ``requantize`` attributes (one entry per channel, or one for all)."""
+        def full(v: Sequence[int]) -> np.ndarray:
+            return np.broadcast_to(np.asarray(v, dtype=np.int64), (channels,)).copy()
+        return Requant(full(multiplier), full(shift), zero_point, qmin, qmax, dtype)
+
+    @property
+    def key(self) -> str:
+        """What the kernel bakes in (the rest are operands), for its name."""
+        return f"{self.dtype}_z{self.zero_point}_{self.qmin}_{self.qmax}".replace("-", "m")
+
+    @property
+    def half(self) -> np.ndarray:
+        return np.where(self.shift > 0, np.left_shift(np.int64(1),
+                                                      np.maximum(self.shift - 1, 0)), 0)
+
+    def constants(self, ctx: LowerContext) -> list[Expr]:
+        """The kernel's epilogue operands ``mul, half, shift`` (int64 ``[OC]``)."""
+        return [ctx.const(a.astype(np.int64), "int64") for a in (self.mul, self.half, self.shift)]
+
+
+def _epilogue(acc: te.Tensor, cb: te.Tensor, rq: Requant | None) -> tuple[list[te.Tensor],
+                                                                           te.Tensor]:
+    """``acc + cb`` (int32), or with ``rq`` requantized to int8: (extra inputs, output)."""
+    m, oc = acc.shape
+    if rq is None:
+        return [], te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
+    mul, half, sh = (te.placeholder((oc,), "int64", name=n) for n in ("MUL", "HALF", "SHIFT"))
+
+    def body(i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
+        v = (acc[i, j] + cb[j]).astype("int64")
+        y = ((v * mul[j] + half[j]) >> sh[j]) + tirx.const(rq.zero_point, "int64")
+        y = tirx.min(tirx.max(y, tirx.const(rq.qmin, "int64")), tirx.const(rq.qmax, "int64"))
+        return y.astype(rq.dtype)
+    return [mul, half, sh], te.compute((m, oc), body, name="qdense_bias")
 
 
 def packable(x_dtype: str, w: np.ndarray, groups: int) -> bool:
@@ -59,8 +116,11 @@ def _as_2d(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int
 
 def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
                 stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
-                x_zero_point: int) -> Expr:
+                x_zero_point: int, requant: Requant | None = None) -> Expr | None:
     """``qconv{1,2}d`` (groups 1) as im2col + a VNNI-shaped dense; int32 NC(H)W result.
+
+    With ``requant`` (x86 only: ``None`` is returned elsewhere) the kernel's epilogue
+    requantizes and the result is int8/uint8.
 
     Args:
         ctx: the lowering context.
@@ -69,7 +129,10 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         b: the int32 bias or None.
         stride, padding, dilation: the convolution's attributes (1 or 2 entries).
         x_zero_point: the input zero point.
+        requant: a ``requantize`` of the result to fuse into the kernel.
     """
+    if requant is not None and not (vnni_target() or avx2_target()):
+        return None
     nd = w.ndim - 2
     shape = ctx.shape_of(x)
     if nd == 1:
@@ -77,7 +140,7 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
     if vnni_target() or avx2_target():
         out = nhwc_conv(ctx, x, w, b, stride=_as_2d(stride, padding, dilation, nd),
-                        x_zero_point=x_zero_point, vnni=vnni_target())
+                        x_zero_point=x_zero_point, vnni=vnni_target(), requant=requant)
         if nd == 1:
             n_, oc_, _, ow_ = ctx.shape_of(out)
             return R.reshape(out, [n_, oc_, ow_])
@@ -137,7 +200,8 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
 
 
 def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
-              stride: tuple[tuple[int, ...], ...], x_zero_point: int, vnni: bool) -> Expr:
+              stride: tuple[tuple[int, ...], ...], x_zero_point: int, vnni: bool,
+              requant: Requant | None = None) -> Expr:
     """2-D ``qconv2d`` (groups 1, constant int8 weight, ``OC % 16 == 0``) on x86: the
     channels-last im2col of :mod:`.im2col_nhwc` + the hand-scheduled dense; int32 NCHW.
 
@@ -146,7 +210,8 @@ def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     ``-off * sum_k w`` folded into the bias (``off = x_zero_point (+ 128)``, the value of the
     out-of-image taps); otherwise int16 ``x - x_zero_point`` (0 outside the image) into
     :func:`avx2_dense_func`. 1x1 convolutions need no im2col: the channels-last sampled
-    input is the GEMM's ``A``.
+    input is the GEMM's ``A``. With ``requant`` (the bias, if any, must be a constant) the
+    dense's epilogue requantizes: the result is int8/uint8 NCHW.
     """
     from slimfx.backends.tvm import im2col_nhwc as nh
 
@@ -183,16 +248,22 @@ def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         corr = -fill * w2.astype(np.int64).sum(axis=1) + bias
         cb = ctx.const(np.asarray(corr, np.int64).astype(np.int32), "int32")
         name = f"qconv_vnni_dense_{m}x{kp}x{oc}"
-        func = vnni_dense_func(m, kp, oc)
+        func = vnni_dense_func(m, kp, oc, requant)
     else:
         packed = w2.astype(np.int16).reshape(oc // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
         wp = ctx.const(np.ascontiguousarray(packed), "int16")
         cb = ctx.const(np.broadcast_to(np.asarray(bias, np.int64), (oc,)).astype(np.int32),
                        "int32")
         name = f"qconv_avx2_dense_{m}x{kp}x{oc}"
-        func = avx2_dense_func(m, kp, oc)
+        func = avx2_dense_func(m, kp, oc, requant)
+    args = [col, wp, cb]
+    out_dtype = "int32"
+    if requant is not None:
+        name += "_rq_" + requant.key
+        args += requant.constants(ctx)
+        out_dtype = requant.dtype
     gv = ctx.bb.add_func(func.with_attr("global_symbol", name), name)
-    acc = ctx.emit(relax.call_tir(gv, [col, wp, cb], relax.TensorType((m, oc), "int32")))
+    acc = ctx.emit(relax.call_tir(gv, args, relax.TensorType((m, oc), out_dtype)))
     if b is not None and not isinstance(b, tvm.ir.expr.Constant):
         acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
     acc = ctx.emit(R.reshape(acc, [n, p.oh, p.ow, oc]))
@@ -250,16 +321,17 @@ def _dense_te(a: te.Tensor, bw: te.Tensor, cb: te.Tensor) -> te.Tensor:
     acc = te.compute((m, oc), lambda i, j: te.sum(
         a[i, r].astype("int32") * bw[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
         name="qdense_vnni")
-    return te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
+    return _epilogue(acc, cb, None)[1]
 
 
 def _divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def vnni_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
+def vnni_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None) -> tirx.PrimFunc:
     """``out[i, j] = sum_k A[i, k] * B[j//16, k//4, j%16, k%4] + cb[j]`` (u8 x s8 -> s32),
-    scheduled by hand around the VNNI intrinsic ``dot_16x4_vnni``.
+    scheduled by hand around the VNNI intrinsic ``dot_16x4_vnni``; with ``requant`` the
+    sum is requantized in the epilogue (extra inputs ``mul, half, shift``, int8 result).
 
     Tiles: ``mi`` rows (a divisor of ``m``, <= 4) x ``nb`` blocks of 16 output channels
     (<= 4) accumulate over chunks of ``kc`` groups of 4 reduction elements (<= 16), so the
@@ -274,10 +346,14 @@ def vnni_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
     a = te.placeholder((m, kp), "uint8", name="A")
     bw = te.placeholder((oc // 16, kp // 4, 16, 4), "int8", name="B")
     cb = te.placeholder((oc,), "int32", name="CB")
-    out = _dense_te(a, bw, cb)
+    r = te.reduce_axis((0, kp), "k")
+    acc = te.compute((m, oc), lambda i, j: te.sum(
+        a[i, r].astype("int32") * bw[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r),
+        name="qdense_vnni")
+    extra, out = _epilogue(acc, cb, requant)
     mi, nb, kc = _divisor(m, 4), _divisor(oc // 16, 4), _divisor(kp // 4, 16)
-    return _schedule_packed_dense([a, bw, cb, out], "qdense_vnni", (16, 4), (mi, nb, kc),
-                                  "dot_16x4_vnni")
+    return _schedule_packed_dense([a, bw, cb, *extra, out], "qdense_vnni", (16, 4),
+                                  (mi, nb, kc), "dot_16x4_vnni")
 
 
 def _schedule_packed_dense(tensors: list[te.Tensor], name: str, block: tuple[int, int],
@@ -375,9 +451,9 @@ def _dense_tiles(m: int, blocks: int) -> tuple[int, int]:
     return best
 
 
-def avx2_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
+def avx2_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None) -> tirx.PrimFunc:
     """``out[i, j] = sum_k A[i, k] * B[j//8, k//2, j%8, k%2] + cb[j]`` (int16 -> int32),
-    scheduled by hand around ``vpmaddwd``.
+    scheduled by hand around ``vpmaddwd``; ``requant`` as in :func:`vnni_dense_func`.
 
     ``kp % 2 == 0``, ``oc % 8 == 0``. A tile of ``mi`` rows x ``nb`` blocks of 8 output
     channels (:func:`_dense_tiles`, e.g. 4 x 2: 8 accumulator registers) runs over chunks of
@@ -392,9 +468,9 @@ def avx2_dense_func(m: int, kp: int, oc: int) -> tirx.PrimFunc:
     acc = te.compute((m, oc), lambda i, j: te.sum(
         a[i, r].astype("int32") * bw[j // 8, r // 2, j % 8, r % 2].astype("int32"), axis=r),
         name="qdense_pmaddwd")
-    out = te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
+    extra, out = _epilogue(acc, cb, requant)
     mi, nb = _dense_tiles(m, oc // 8)
-    return _schedule_packed_dense([a, bw, cb, out], "qdense_pmaddwd", (8, 2),
+    return _schedule_packed_dense([a, bw, cb, *extra, out], "qdense_pmaddwd", (8, 2),
                                   (mi, nb, _divisor(kp // 2, 16)), _PMADDWD)
 
 

@@ -10,6 +10,11 @@ op). Users register lowerings for their own ops the same way::
     def _my_op(ctx, node, x):
         return relax.op.multiply(x, ctx.scalar(2.0, node.outputs[0].dtype))
 
+A pair of nodes can also be lowered as one (:func:`register_fusion`): when a node's single
+result is used only by a node of the registered kind, the fused lowering gets both and may
+return the consumer's result (``None`` declines: both are then lowered alone). The int8
+convolutions take their ``requantize`` this way, into the epilogue of their kernel.
+
 Graph inputs become the parameters of ``main`` (named like the inputs);
 constants become Relax constants, so TVM can fold and pre-pack weights; a
 graph with several outputs returns a tuple. Every node without a lowering
@@ -30,12 +35,14 @@ from tvm import relax
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Graph, Node, Value
 
-__all__ = ["LowerContext", "register_lowering", "has_lowering", "lower_graph", "to_tvm_dtype"]
+__all__ = ["LowerContext", "register_lowering", "register_fusion", "has_lowering", "lower_graph",
+           "to_tvm_dtype"]
 
 logger = logging.getLogger(__name__)
 
 Lowering = Callable[..., Any]
 _LOWERINGS: dict[str, Lowering] = {}
+_FUSIONS: dict[tuple[str, str], Lowering] = {}
 
 _TVM_DTYPES = {
     "f64": "float64", "f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64",
@@ -68,6 +75,26 @@ def register_lowering(op: str, *, override: bool = False) -> Callable[[Lowering]
             raise ValueError(f"a TVM lowering for {op!r} is already registered "
                              "(pass override=True)")
         _LOWERINGS[op] = fn
+        return fn
+    return deco
+
+
+def register_fusion(producer: str, consumer: str, *,
+                    override: bool = False) -> Callable[[Lowering], Lowering]:
+    """Decorator registering a lowering of a ``producer`` node together with its ``consumer``.
+
+    It applies when the producer's single result is not a graph output and is used once,
+    as the first operand of a ``consumer`` node with no other operand. It is called as
+    ``fn(ctx, producer_node, consumer_node, *producer_operands)`` and returns the Relax
+    expression of the consumer's result, or ``None`` to decline (each node is then lowered
+    by its own lowering). The producer's result gets no Relax value.
+    """
+    def deco(fn: Lowering) -> Lowering:
+        key = (producer, consumer)
+        if key in _FUSIONS and not override:
+            raise ValueError(f"a TVM fusion of {producer!r} into {consumer!r} is already "
+                             "registered (pass override=True)")
+        _FUSIONS[key] = fn
         return fn
     return deco
 
@@ -232,9 +259,16 @@ def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
     params = [relax.Var(_param_name(v), relax.TensorType(v.shape, to_tvm_dtype(v.dtype)))
               for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
+    fused: set[int] = set()  # consumers already lowered with their producer
     with bb.function(func_name, params):
         with bb.dataflow():
             for node in graph.nodes:
+                if id(node) in fused:
+                    continue
+                consumer = _fusable_consumer(graph, node)
+                if consumer is not None and _lower_fused(ctx, node, consumer, env):
+                    fused.add(id(consumer))
+                    continue
                 _lower_node(ctx, node, env)
             outs = [_lookup(ctx, env, v) for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -265,11 +299,39 @@ def _lookup(ctx: LowerContext, env: dict[int, relax.Expr], v: Value) -> relax.Ex
     return expr
 
 
-def _lower_node(ctx: LowerContext, node: Node, env: dict[int, relax.Expr]) -> None:
-    fn = _LOWERINGS[node.op.name]
+def _fusable_consumer(graph: Graph, node: Node) -> Node | None:
+    """The consumer :func:`register_fusion` may lower with ``node``, if any."""
+    if len(node.outputs) != 1 or not any(key[0] == node.op.name for key in _FUSIONS):
+        return None
+    out = node.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or any(out is v for v in graph.outputs):
+        return None
+    user = uses[0].node
+    if (node.op.name, user.op.name) not in _FUSIONS or len(user.inputs) != 1 \
+            or len(user.outputs) != 1:
+        return None
+    return user
+
+
+def _lower_fused(ctx: LowerContext, node: Node, consumer: Node,
+                 env: dict[int, relax.Expr]) -> bool:
+    fn = _FUSIONS[(node.op.name, consumer.op.name)]
     args = [_lookup(ctx, env, v) for v in node.inputs]
+    expr = _call(fn, node, ctx, node, consumer, *args)
+    if expr is None:
+        return False
+    if not isinstance(expr, (relax.Var, tvm.ir.expr.Constant)):
+        expr = ctx.emit(expr)
+    _check_type(consumer, consumer.outputs[0], ctx, expr)
+    env[id(consumer.outputs[0])] = expr
+    return True
+
+
+def _call(fn: Lowering, node: Node, *args: Any) -> Any:
+    """``fn(*args)``, its errors turned into a :class:`LoweringError` naming ``node``."""
     try:
-        result = fn(ctx, node, *args)
+        return fn(*args)
     except LoweringError as e:
         raise LoweringError(f"{node.describe()}: {e}") from e
     except (tvm.error.InternalError, RuntimeError, ValueError, TypeError, IndexError) as e:
@@ -277,6 +339,12 @@ def _lower_node(ctx: LowerContext, node: Node, env: dict[int, relax.Expr]) -> No
             f"{node.describe()}: the TVM lowering of {node.op.name!r} failed: {e}. "
             "Check the node's attributes against the op definition, or report this as a "
             "bug with the graph's text form.") from e
+
+
+def _lower_node(ctx: LowerContext, node: Node, env: dict[int, relax.Expr]) -> None:
+    fn = _LOWERINGS[node.op.name]
+    args = [_lookup(ctx, env, v) for v in node.inputs]
+    result = _call(fn, node, ctx, node, *args)
     results = list(result) if isinstance(result, (list, tuple)) else [result]
     if len(results) != len(node.outputs):
         raise LoweringError(f"{node.describe()}: the lowering returned {len(results)} results, "

@@ -36,7 +36,12 @@ from tvm import relax
 from tvm.relax import Expr
 
 from slimfx.backends.tvm import conv_int8
-from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
+from slimfx.backends.tvm.lower import (
+    LowerContext,
+    register_fusion,
+    register_lowering,
+    to_tvm_dtype,
+)
 from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan, round_half_even
 from slimfx.backends.tvm.lower_rnn import rnn
 from slimfx.errors import LoweringError
@@ -149,6 +154,37 @@ def _qconv(nd: int):
 
 register_lowering("qconv1d")(_qconv(1))
 register_lowering("qconv2d")(_qconv(2))
+
+
+def _qconv_requantize(ctx: LowerContext, node: Node, rq: Node, x: Expr, w: Expr,
+                      b: Expr | None = None) -> Expr | None:
+    """``requantize(qconv(x, w, b))`` as one x86 kernel: the requantization is the
+    epilogue of the packed dense (:class:`.conv_int8.Requant`), which writes int8.
+
+    The same integers as the two lowerings apart: the epilogue evaluates the ``requantize``
+    formula on the same int32 sums. Declines (``None``) what the packed kernels do not take
+    (see :func:`_qconv`), a run-time bias, a requantization along another axis than the
+    channels, or a target other than x86.
+    """
+    a, r = node.attrs, rq.attrs
+    if not isinstance(w, tvm.ir.expr.Constant) or ctx.is_static(x) \
+            or (b is not None and not isinstance(b, tvm.ir.expr.Constant)):
+        return None
+    wn = w.value.numpy()
+    rank = wn.ndim
+    if not conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]) or r["in_zero_point"] != 0 \
+            or (r["axis"] is not None and r["axis"] % rank != 1):
+        return None
+    requant = conv_int8.Requant.per_channel(
+        wn.shape[0], r["multiplier"], r["shift"], r["out_zero_point"], r["qmin"], r["qmax"],
+        to_tvm_dtype(r["out_dtype"]))
+    return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"], padding=a["padding"],
+                                 dilation=a["dilation"], x_zero_point=a["x_zero_point"],
+                                 requant=requant)
+
+
+register_fusion("qconv1d", "requantize")(_qconv_requantize)
+register_fusion("qconv2d", "requantize")(_qconv_requantize)
 
 
 def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,

@@ -25,7 +25,7 @@ ViT, SegFormer, BERT with sdpa and with eager attention, DistilBERT, Wav2Vec2):
   0.9 for ptq-int8, 0.99 for dynamic-int8), so a model quantized to garbage is noticed.
 
 Two x86 code paths: the host's own target (``x86``: AVX-512 VNNI ``vpdpbusd`` kernels on
-this Zen 4) and an AVX2-only target (``mcpu=znver3``: the ``vpmaddwd`` kernels), which runs
+this Zen 4) and an AVX2-only target (``mcpu=haswell``: the ``vpmaddwd`` kernels), which runs
 on any AVX2 host. The AVX2 path runs on a subset (``_AVX2``) to keep the suite's cost down.
 One compile per model and path, with no tuning records.
 """
@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.tvm, pytest.mark.slow]
 NO_DB = "/nonexistent-slimfx-db"  # no tuning records: the default schedules
 TARGETS: dict[str, Any] = {
     "vnni": "x86",
-    "avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "znver3", "num-cores": 2},
+    "avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2},
 }
 _FEATURE = {"vnni": "avx512_vnni", "avx2": "avx2"}  # /proc/cpuinfo flag each path needs
 PTQ, DYNAMIC = "ptq-int8", "dynamic-int8"
