@@ -39,7 +39,7 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["Requant", "packable", "packed_conv", "nhwc_conv", "grouped_conv", "vnni_target",
+__all__ = ["Requant", "requant_value", "cpu_target", "packable", "packed_conv", "nhwc_conv", "grouped_conv", "vnni_target",
            "vnni_dense_func", "avx2_target", "avx2_dense_func", "avx2_matmul", "vnni_matmul"]
 
 R = relax.op
@@ -92,13 +92,16 @@ def _epilogue(acc: te.Tensor, cb: te.Tensor, rq: Requant | None) -> tuple[list[t
     if rq is None:
         return [], te.compute((m, oc), lambda i, j: acc[i, j] + cb[j], name="qdense_bias")
     mul, half, sh = (te.placeholder((oc,), "int64", name=n) for n in ("MUL", "HALF", "SHIFT"))
+    return [mul, half, sh], te.compute((m, oc), lambda i, j: requant_value(
+        acc[i, j] + cb[j], mul[j], half[j], sh[j], rq), name="qdense_bias")
 
-    def body(i: tirx.Var, j: tirx.Var) -> tirx.PrimExpr:
-        v = (acc[i, j] + cb[j]).astype("int64")
-        y = ((v * mul[j] + half[j]) >> sh[j]) + tirx.const(rq.zero_point, "int64")
-        y = tirx.min(tirx.max(y, tirx.const(rq.qmin, "int64")), tirx.const(rq.qmax, "int64"))
-        return y.astype(rq.dtype)
-    return [mul, half, sh], te.compute((m, oc), body, name="qdense_bias")
+
+def requant_value(v: tirx.PrimExpr, mul: tirx.PrimExpr, half: tirx.PrimExpr,
+                  shift: tirx.PrimExpr, rq: Requant) -> tirx.PrimExpr:
+    """``clamp(((int64(v) * mul + half) >> shift) + zp, qmin, qmax)`` in ``rq.dtype``."""
+    y = ((v.astype("int64") * mul + half) >> shift) + tirx.const(rq.zero_point, "int64")
+    y = tirx.min(tirx.max(y, tirx.const(rq.qmin, "int64")), tirx.const(rq.qmax, "int64"))
+    return y.astype(rq.dtype)
 
 
 def packable(x_dtype: str, w: np.ndarray, groups: int) -> bool:
@@ -307,6 +310,12 @@ def vnni_target() -> bool:
     CUDA) the dense stays a plain, target-neutral TE compute.
     """
     return _target_has("avx512vnni")
+
+
+def cpu_target() -> bool:
+    """Whether the current TVM target is an LLVM CPU (where plain scheduled TIR runs)."""
+    target = tvm.target.Target.current(allow_none=True)
+    return target is not None and target.kind.name == "llvm"
 
 
 def avx2_target() -> bool:

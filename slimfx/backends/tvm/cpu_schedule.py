@@ -137,8 +137,12 @@ def _inline(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> list[SBlockInfo]:
     an inlined consumer here (nor is it inlined itself): the reduction and its epilogue stay
     two loop nests, which always computes the right numbers.
 
-    A consumer is reverse-inlined only into its single producer: one that also reads a
-    later block would be computed before that block's definition.
+    A consumer is reverse-inlined only into a single producer that it alone reads. TVM
+    0.27's ``reverse_compute_inline`` checks neither: the producer's block is rewritten to
+    store the consumer's result instead of its own, so any other reader of the producer's
+    buffer is left reading a buffer nothing writes any more ("Buffer ... is used before its
+    definition" at build time), and a consumer with a second producer would be computed
+    before that producer.
     """
     def inline(block: Any) -> bool:
         consumers = sch.get_consumers(block)
@@ -150,6 +154,7 @@ def _inline(sch: s_tir.Schedule, infos: list[SBlockInfo]) -> list[SBlockInfo]:
     def reverse_inline(block: Any) -> bool:
         producers = sch.get_producers(block)
         if len(producers) != 1 or _has_init(sch, producers[0]) \
+                or len(sch.get_consumers(producers[0])) != 1 \
                 or not _copies_stay_small(sch, producers[0], [block]):
             return False
         sch.reverse_compute_inline(block)

@@ -35,7 +35,7 @@ import tvm
 from tvm import relax
 from tvm.relax import Expr
 
-from slimfx.backends.tvm import conv_int8
+from slimfx.backends.tvm import conv_int8, depthwise_int8
 from slimfx.backends.tvm.lower import (
     LowerContext,
     register_fusion,
@@ -135,11 +135,20 @@ def _bias(ctx: LowerContext, acc: Expr, b: Expr | None, channel_axis: int) -> Ex
 
 
 def _qconv(nd: int):
-    """``qconv{nd}d``: im2col + packed VNNI dense for a dense constant int8 weight
-    (:mod:`.conv_int8`), the direct int32 convolution otherwise (grouped, depthwise,
-    run-time weights, out channels not a multiple of 16)."""
+    """``qconv{nd}d``: the depthwise kernel (:mod:`.depthwise_int8`) on CPUs for a
+    depthwise constant int8 weight, im2col + packed VNNI dense for a dense constant int8
+    weight (:mod:`.conv_int8`), the direct int32 convolution otherwise (other grouped
+    convolutions, run-time weights, out channels not a multiple of 16)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
+        if isinstance(w, tvm.ir.expr.Constant) and nd == 2 and conv_int8.cpu_target() \
+                and depthwise_int8.applies(ctx.shape_of(x), w.value.numpy(), a["groups"],
+                                           ctx.dtype_of(x)):
+            out = depthwise_int8.depthwise_conv(
+                ctx, x, w.value.numpy(), b, stride=a["stride"], padding=a["padding"],
+                dilation=a["dilation"], x_zero_point=a["x_zero_point"])
+            if out is not None:
+                return out
         if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x):
             wn = w.value.numpy()
             if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
@@ -158,13 +167,14 @@ register_lowering("qconv2d")(_qconv(2))
 
 def _qconv_requantize(ctx: LowerContext, node: Node, rq: Node, x: Expr, w: Expr,
                       b: Expr | None = None) -> Expr | None:
-    """``requantize(qconv(x, w, b))`` as one x86 kernel: the requantization is the
-    epilogue of the packed dense (:class:`.conv_int8.Requant`), which writes int8.
+    """``requantize(qconv(x, w, b))`` as one CPU kernel: the requantization is the
+    epilogue (:class:`.conv_int8.Requant`) of the packed x86 dense or of the depthwise
+    kernel (:mod:`.depthwise_int8`, any LLVM CPU), which write int8.
 
     The same integers as the two lowerings apart: the epilogue evaluates the ``requantize``
-    formula on the same int32 sums. Declines (``None``) what the packed kernels do not take
+    formula on the same int32 sums. Declines (``None``) what those kernels do not take
     (see :func:`_qconv`), a run-time bias, a requantization along another axis than the
-    channels, or a target other than x86.
+    channels, or another target.
     """
     a, r = node.attrs, rq.attrs
     if not isinstance(w, tvm.ir.expr.Constant) or ctx.is_static(x) \
@@ -172,12 +182,18 @@ def _qconv_requantize(ctx: LowerContext, node: Node, rq: Node, x: Expr, w: Expr,
         return None
     wn = w.value.numpy()
     rank = wn.ndim
-    if not conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]) or r["in_zero_point"] != 0 \
-            or (r["axis"] is not None and r["axis"] % rank != 1):
+    if r["in_zero_point"] != 0 or (r["axis"] is not None and r["axis"] % rank != 1):
         return None
     requant = conv_int8.Requant.per_channel(
         wn.shape[0], r["multiplier"], r["shift"], r["out_zero_point"], r["qmin"], r["qmax"],
         to_tvm_dtype(r["out_dtype"]))
+    if rank == 4 and conv_int8.cpu_target() and \
+            depthwise_int8.applies(ctx.shape_of(x), wn, a["groups"], ctx.dtype_of(x)):
+        return depthwise_int8.depthwise_conv(
+            ctx, x, wn, b, stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
+            x_zero_point=a["x_zero_point"], requant=requant)
+    if not conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
+        return None
     return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"], padding=a["padding"],
                                  dilation=a["dilation"], x_zero_point=a["x_zero_point"],
                                  requant=requant)

@@ -72,3 +72,16 @@ def test_long_int8_chain_compiles_fast_and_bit_exact() -> None:
     assert seconds < 60, f"compile took {seconds:.0f} s"  # exponential: hours
     for inp in (x, torch.randn(1, 16) * 4):
         assert torch.equal(torch.as_tensor(compiled(inp)), slimfx.to_torch(g)(inp))
+
+
+def test_padded_input_quantize_builds_and_is_bit_exact() -> None:
+    """A float pad before the input's quantize: ``floor(pad(x) / s)`` is too large to copy
+    into its five reads, so it stays a block; its first reader (``x/s - floor(x/s)``) must
+    not be reverse-inlined into it, which left the other readers reading a buffer nothing
+    wrote ("Buffer compute_intermediate is used before its definition" at build time)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 16, 3, stride=2)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    g = slimfx.quantize(slimfx.trace(model, (x,)), [(torch.randn_like(x),) for _ in range(2)])
+    compiled = slimfx.compile(g, "x86", tuning_db="/nonexistent-slimfx-db")
+    assert torch.equal(torch.as_tensor(compiled(x)), slimfx.to_torch(g)(x))
