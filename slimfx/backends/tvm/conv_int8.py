@@ -228,8 +228,9 @@ def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     else:
         dtype, q, shift, fill = "int16", 2, -x_zero_point, 0
     p = nh.plan((n, c, h, wd), w.shape, (sh, sw), (ph, pw), (dh, dw), q)
-    xp = ctx.bb.emit_te(lambda xt: nh.prep_te(xt, p, dtype, shift, fill), x,
-                        primfunc_name_hint="qconv_nhwc_pack")
+    src = ctx.channels_last(x)  # the previous kernel's NHWC result: no transpose
+    xp = ctx.bb.emit_te(lambda xt: nh.prep_te(xt, p, dtype, shift, fill, src is not None),
+                        x if src is None else src, primfunc_name_hint="qconv_nhwc_pack")
     if p.mode == "1x1":
         col = xp
     else:

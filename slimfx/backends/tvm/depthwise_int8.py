@@ -15,7 +15,10 @@ Exact: ``|x - zp| <= 255`` fits int16, each product fits int32 and so does the s
 Schedule: the (n, c) planes run in parallel; each computes its padded plane (cache-local),
 then output rows with a vector of output columns innermost, below the unrolled taps
 (``acc[y, x:x+v] += xp[y*sh+r, (x:x+v)*sw+s] * w[r, s]``), then the epilogue on the plane.
-Degenerate extents (a 1x1 output or kernel) keep plain loops. The function is marked
+When the input is the channels-last result of the previous convolution (and ``C % 8 == 0``)
+the channels-last kernel (:func:`depthwise_nhwc_func`) reads it directly and the result
+stays channels-last for the next one. Degenerate extents (a 1x1 output or kernel) keep
+plain loops. The function is marked
 ``tirx.is_scheduled`` and opaque, like the packed dense kernels.
 """
 
@@ -32,7 +35,7 @@ from tvm.relax import Expr
 from slimfx.backends.tvm.conv_int8 import Requant, requant_value
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["applies", "depthwise_conv", "depthwise_func"]
+__all__ = ["applies", "depthwise_conv", "depthwise_func", "depthwise_nhwc_func"]
 
 R = relax.op
 
@@ -125,6 +128,72 @@ def _schedule(func: tirx.PrimFunc, vec: int) -> tirx.PrimFunc:
     return sch.mod["main"]
 
 
+def depthwise_nhwc_func(x_shape: Sequence[int], x_dtype: str, kernel: tuple[int, int],
+                        stride: tuple[int, int], padding: tuple[int, int],
+                        dilation: tuple[int, int], x_zero_point: int,
+                        requant: Requant | None) -> tirx.PrimFunc:
+    """The channels-last kernel ``(x [N, H, W, C], w [KH, KW, C], cb[, ...]) -> out
+    [N, OH, OW, C]``: the same sums as :func:`depthwise_func`, vectorized over channels.
+
+    No padded copy: a tap outside the image reads a clamped in-bounds element and is
+    replaced by 0 (the shifted padding value). Rows of output pixels run in parallel; each
+    pixel's ``C`` sums stay in a small buffer, the taps unrolled outside the vector of
+    channels, then the epilogue. ``x_shape`` is given NCHW.
+    """
+    n, c, h, wd = (int(d) for d in x_shape)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    x = te.placeholder((n, h, wd, c), x_dtype, name="X")
+    w = te.placeholder((kh, kw, c), "int8", name="W")
+    cb = te.placeholder((c,), "int32", name="CB")
+    zp = tirx.const(x_zero_point, "int32")
+    r = te.reduce_axis((0, kh), "r")
+    s = te.reduce_axis((0, kw), "s")
+
+    def tap(b_, y, xx, ch):
+        hi, wi = y * sh + r * dh - ph, xx * sw + s * dw - pw
+        v = x[b_, tirx.min(tirx.max(hi, 0), h - 1), tirx.min(tirx.max(wi, 0), wd - 1), ch]
+        inside = tirx.all(hi >= 0, hi < h, wi >= 0, wi < wd)
+        shifted = tirx.Select(inside, v.astype("int32") - zp, tirx.const(0, "int32"))
+        return te.sum(shifted * w[r, s, ch].astype("int32"), axis=[r, s])
+
+    acc = te.compute((n, oh, ow, c), tap, name="dw_acc")
+    extra: list[te.Tensor] = []
+    if requant is None:
+        out = te.compute((n, oh, ow, c), lambda b_, y, xx, ch: acc[b_, y, xx, ch] + cb[ch],
+                         name="dw_out")
+    else:
+        extra = [te.placeholder((c,), "int64", name=nm) for nm in ("MUL", "HALF", "SHIFT")]
+        mul, half, shift = extra
+        out = te.compute((n, oh, ow, c), lambda b_, y, xx, ch: requant_value(
+            acc[b_, y, xx, ch] + cb[ch], mul[ch], half[ch], shift[ch], requant), name="dw_out")
+    func = te.create_prim_func([x, w, cb, *extra, out])
+    vec = 16 if c % 16 == 0 else 8
+    try:
+        sch = tvm.s_tir.Schedule(func)
+        blk_out = sch.get_sblock("dw_out")
+        b0, y0, x0, c0 = sch.get_loops(blk_out)
+        rows = sch.fuse(b0, y0)
+        sch.parallel(rows)
+        blk_acc = sch.get_sblock("dw_acc")
+        sch.compute_at(blk_acc, x0)
+        ca, ra, sa = sch.get_loops(blk_acc)[-3:]
+        co, ci = sch.split(ca, [None, vec])
+        sch.reorder(co, ra, sa, ci)
+        sch.unroll(ra)
+        sch.unroll(sa)
+        sch.vectorize(ci)
+        _, ce = sch.split(c0, [None, vec])
+        sch.vectorize(ce)
+        init = sch.decompose_reduction(blk_acc, ra)
+        sch.vectorize(sch.get_loops(init)[-1])
+        func = sch.mod["main"]
+    except (RuntimeError, ValueError) as e:  # degenerate extents: a 1x1 output or kernel
+        logger.debug("depthwise nhwc %s: plain loops (%s)", tuple(x_shape), e)
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+
+
 def depthwise_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
                    x_zero_point: int, requant: Requant | None = None) -> Expr | None:
@@ -135,22 +204,30 @@ def depthwise_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     if b is not None and not isinstance(b, tvm.ir.expr.Constant):
         return None
     shape = ctx.shape_of(x)
-    c = shape[1]
+    n, c, h, wd = shape
     bias = np.zeros(c, np.int32) if b is None else b.value.numpy().astype(np.int32)
     kernel = (int(w.shape[2]), int(w.shape[3]))
-    args = (tuple(shape), ctx.dtype_of(x), kernel, tuple(stride), tuple(padding),
-            tuple(dilation), x_zero_point)
-    func = depthwise_func(*args, requant)
-    key = "_".join(str(v) for v in (*shape, *kernel, *stride, *padding, *dilation))
-    name = f"qconv_depthwise_{key}_z{x_zero_point}".replace("-", "m")
-    out_dtype = "int32" if requant is None else requant.dtype
-    operands = [x, ctx.const(np.ascontiguousarray(w[:, 0]), "int8"), ctx.const(bias, "int32")]
-    if requant is not None:
-        name += "_rq_" + requant.key
-        operands += requant.constants(ctx)
-    n, _, h, wd = shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    args = (tuple(shape), ctx.dtype_of(x), kernel, tuple(stride), tuple(padding),
+            tuple(dilation), x_zero_point, requant)
+    # channels-last when the input already is (the previous conv's NHWC result) and the
+    # channels fill vectors: no transpose on either side
+    src = ctx.channels_last(x) if c % 8 == 0 else None
+    if src is not None:
+        func, x, wk = depthwise_nhwc_func(*args), src, w[:, 0].transpose(1, 2, 0)
+        layout, out_shape = "nhwc", (n, oh, ow, c)
+    else:
+        func, wk = depthwise_func(*args), w[:, 0]
+        layout, out_shape = "nchw", (n, c, oh, ow)
+    key = "_".join(str(v) for v in (*shape, *kernel, *stride, *padding, *dilation))
+    name = f"qconv_depthwise_{layout}_{key}_z{x_zero_point}".replace("-", "m")
+    out_dtype = "int32" if requant is None else requant.dtype
+    operands = [x, ctx.const(np.ascontiguousarray(wk), "int8"), ctx.const(bias, "int32")]
+    if requant is not None:
+        name += "_rq_" + requant.key
+        operands += requant.constants(ctx)
     gv = ctx.bb.add_func(func.with_attr("global_symbol", name), name)
-    return ctx.emit(relax.call_tir(gv, operands, relax.TensorType((n, c, oh, ow), out_dtype)))
+    out = ctx.emit(relax.call_tir(gv, operands, relax.TensorType(out_shape, out_dtype)))
+    return out if layout == "nchw" else ctx.emit(R.permute_dims(out, [0, 3, 1, 2]))

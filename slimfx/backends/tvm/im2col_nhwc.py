@@ -105,19 +105,21 @@ def plan(x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, 
                     hp, w + 2 * pw, kh * kw * cq)
 
 
-def prep_te(xt: te.Tensor, p: NhwcPlan, out_dtype: str, shift: int, fill: int) -> te.Tensor:
+def prep_te(xt: te.Tensor, p: NhwcPlan, out_dtype: str, shift: int, fill: int,
+            channels_last: bool = False) -> te.Tensor:
     """``xp[n, a, b, c] = cast(x[n, c, hi, wi] + shift)`` inside the image, ``fill`` outside
     (``hi = a*sh - ph``, ``wi = b*sw - pw`` for "1x1"; ``a - ph``, ``b - pw`` otherwise).
 
     ``shift`` is added in int16 (``+128`` maps int8 onto uint8, ``-x_zero_point`` centres the
-    int16 operand of the AVX2 kernel); the value always fits ``out_dtype``.
+    int16 operand of the AVX2 kernel); the value always fits ``out_dtype``. With
+    ``channels_last`` the input is the same tensor in NHWC (``x[n, hi, wi, c]``).
     """
     s1, s2 = (p.sh, p.sw) if p.mode == "1x1" else (1, 1)
 
     def body(b_, a, bb, ci):
         hi = a * s1 - p.ph
         wi = bb * s2 - p.pw
-        v = xt[b_, ci, hi, wi]
+        v = xt[b_, hi, wi, ci] if channels_last else xt[b_, ci, hi, wi]
         if shift:
             v = v.astype("int16") + tirx.const(shift, "int16")
         v = v.astype(out_dtype)

@@ -163,6 +163,25 @@ class LowerContext:
                     stack.extend((d, False) for d in pending)
         return memo[expr]
 
+    def channels_last(self, expr: relax.Expr) -> relax.Expr | None:
+        """The NHWC tensor a 4-D NCHW ``expr`` was permuted from, if it was (else None).
+
+        Kernels that compute channels-last (the x86 int8 convolutions) return
+        ``permute_dims(y, [0, 3, 1, 2])`` to match the IR's NCHW; a consumer that also
+        works channels-last reads ``y`` instead and the permutation, left unused, is
+        removed before the build. Nothing changes in value: only which copy is read.
+        """
+        if not isinstance(expr, relax.Var):
+            return None
+        binding = self.bb.lookup_binding(expr)
+        if not isinstance(binding, relax.Call) or binding.op != tvm.ir.Op.get(
+                "relax.permute_dims") or len(binding.args) != 1:
+            return None
+        axes = binding.attrs.axes
+        if axes is None or [int(a) for a in axes] != [0, 3, 1, 2]:
+            return None
+        return binding.args[0]
+
     def emit(self, expr: relax.Expr) -> relax.Var:
         """Emits ``expr`` into the current dataflow block and returns its variable."""
         return self.bb.emit(expr)

@@ -286,6 +286,9 @@ def _qmatmul(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
 @register_lowering("qadd")
 def _qadd(ctx: LowerContext, node: Node, x: Expr, y: Expr) -> Expr:
     a = node.attrs
+    xs, ys = ctx.channels_last(x), ctx.channels_last(y)
+    if xs is not None and ys is not None:  # both NHWC results of kernels: add channels-last
+        return ctx.emit(R.permute_dims(ctx.emit(_qadd(ctx, node, xs, ys)), [0, 3, 1, 2]))
     va = ctx.emit(R.multiply(_shifted(ctx, x, a["a_zero_point"], "int64"),
                              ctx.scalar(a["a_multiplier"], "int64")))
     vb = ctx.emit(R.multiply(_shifted(ctx, y, a["b_zero_point"], "int64"),

@@ -91,6 +91,7 @@ def prepare(mod: Any, target: Any) -> Any:
         return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
+            relax.transform.DeadCodeElimination(),  # layout permutes nobody reads any more
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
