@@ -6,13 +6,20 @@ parallel, vectorized schedule (:mod:`slimfx.backends.tvm.cpu_schedule`). With ``
 legalized, fused module is tuned with meta-schedule (see :mod:`slimfx.backends.tvm.tuning`), the best
 schedules are stored in a database on disk and applied before the build; a later compile
 of the same model finds them there and does not tune again.
+
+Symbolic graphs (``f32[N,3,224,224] where N in [1, 64]``, see :mod:`.specialize`): with
+``shapes=`` the symbols are bound and the static path runs (the same code, and speed, as a
+graph traced at that size). Without it, a batch symbol (dim 0 only, batch-independent ops)
+is bound to 1 and the per-sample program runs once per sample (bit-exact, batch 1 exactly
+as fast as static); the other symbols stay symbolic in Relax (generic kernels). One artifact
+then serves every size in the declared ranges.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +28,7 @@ from slimfx.backends.tvm.lower import lower_graph
 from slimfx.backends.tvm.targets import resolve_target
 from slimfx.errors import SlimfxError
 from slimfx.ir.core import Graph
+from slimfx.ir.symbolic import SymbolRange, bind_shapes, symbols_of
 
 __all__ = ["compile"]
 
@@ -44,6 +52,8 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     opt_level: int = 3,
     progress: bool = True,
     schedule: bool = True,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    dynamic: str = "auto",
 ) -> Compiled:
     """Compiles an IR graph with TVM.
 
@@ -59,6 +69,13 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
         schedule: on CPUs, give every kernel that is neither tuned nor scheduled by hand a
             default parallel/vectorized schedule (:mod:`.cpu_schedule`); ``False`` keeps
             TVM's plain single-threaded loops.
+        shapes: input name -> concrete shape, for a graph with symbolic dimensions: binds
+            the symbols these shapes determine and compiles for exactly those sizes (the
+            fastest code; other sizes are then refused).
+        dynamic: how symbols left unbound are compiled: ``"auto"`` runs a batch symbol
+            (dim 0 only, batch-independent ops; see :mod:`.specialize`) as a loop over the
+            program compiled for one sample, the other symbols as symbolic Relax shapes;
+            ``"symbolic"`` keeps every symbol symbolic (generic kernels).
 
     Returns:
         A :class:`Compiled` model; ``.save(path)`` writes it, ``slimfx.load`` reads it.
@@ -67,14 +84,21 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
         LoweringError: nodes without a TVM lowering (all listed at once).
         ArtifactError: the tuning database cannot be read (the message names it).
         SlimfxError: an unknown target, or a TVM build failure.
+        RuntimeInputError: ``shapes`` that do not fit the graph's inputs or ranges.
     """
     if not isinstance(graph, Graph):
         raise SlimfxError(f"compile expects a slimfx Graph, got {type(graph).__name__}; trace "
                           "the model first with slimfx.trace(model, example_inputs)")
     if tune is not None and (not isinstance(tune, int) or tune < 0):
         raise SlimfxError(f"tune must be a non-negative trial count, got {tune!r}")
+    if dynamic not in ("auto", "symbolic"):
+        raise SlimfxError(f"dynamic must be 'auto' or 'symbolic', got {dynamic!r}")
     spec = resolve_target(target)
     graph.verify()
+    inputs, outputs = _signature(graph)
+    graph, symbols, batch = _specialize(graph, shapes, dynamic)
+    if shapes is not None:
+        inputs, outputs = _signature(graph)
 
     import tvm
 
@@ -108,5 +132,38 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
         raise
     except Exception as e:  # TVM raises TVMError/InternalError/ValueError from deep inside
         raise SlimfxError(f"TVM failed to build graph {graph.name!r} for {spec}: {e}") from e
-    inputs, outputs = _signature(graph)
-    return Compiled(None, inputs, outputs, spec, executable=ex)
+    return Compiled(None, inputs, outputs, spec, executable=ex, symbols=symbols, batch=batch)
+
+
+def _specialize(graph: Graph, shapes: Mapping[str, Sequence[int]] | None,
+                dynamic: str) -> tuple[Graph, dict[str, SymbolRange], str | None]:
+    """The graph to lower, the symbols the artifact keeps, and its batch symbol (if any)."""
+    from slimfx.backends.tvm.specialize import batch_symbols, bind_symbols
+
+    if shapes is not None:
+        if not isinstance(shapes, Mapping):
+            raise SlimfxError(f"shapes must map input names to shapes, got "
+                              f"{type(shapes).__name__}")
+        bound = bind_shapes(graph, shapes)
+        if bound:
+            graph = bind_symbols(graph, bound)
+            logger.info("graph %r specialised for %s", graph.name,
+                        ", ".join(f"{k}={v}" for k, v in sorted(bound.items())))
+    used = symbols_of(v.type for v in graph.values())
+    if not used:
+        return graph, {}, None
+    undeclared = sorted(used - set(graph.symbols))
+    if undeclared:
+        raise SlimfxError(f"graph {graph.name!r} uses undeclared symbol(s) "
+                          f"{', '.join(undeclared)}; declare them (graph.add_symbol)")
+    symbols = {k: graph.symbols[k] for k in sorted(used)}
+    reasons = batch_symbols(graph, used) if dynamic == "auto" else {}
+    batch = next((k for k, r in reasons.items() if r is None), None)
+    for k, r in reasons.items():
+        if r is not None:
+            logger.info("symbol %s stays symbolic (generic kernels): %s", k, r)
+    if batch is not None:
+        logger.info("symbol %s is a batch dim: compiling the per-sample program, run once "
+                    "per sample", batch)
+        graph = bind_symbols(graph, {batch: 1})
+    return graph, symbols, batch
