@@ -15,14 +15,24 @@ of three ways (:func:`slimfx.compile`):
   a static compile.
 - otherwise the symbols stay symbolic in Relax (generic kernels; see :mod:`.lower`).
 
-The analysis is conservative: an op is batch-independent only when listed below with its
-condition (an axis attribute other than 0, ``per_token`` dynamic quantization, ...);
-anything else (RNNs, opaque nodes, user ops, a per-tensor dynamic scale, which is one
-amax over the whole batch) gives a reason and the symbol is not a batch symbol.
+The analysis follows the batch dim through the graph (a ``permute`` moves it; attention's
+``permute(2, 0, 3, 1, 4)`` + ``select`` keeps it a batch symbol) and is conservative: an op
+is batch-independent only when listed below with its condition on where the batch dim is
+(not contracted, reduced or normalized over, not mixed into other dims by a reshape,
+``per_token`` dynamic quantization, ...); anything else (RNNs, opaque nodes, user ops, a
+per-tensor dynamic scale, which is one amax over the whole batch) gives a reason and the
+symbol is not a batch symbol.
+
+Trade-off (measured in ``notes/dynamic_shapes_tvm.md``): batch 1 is the static program, and
+int8 stays exact at every size; a batch of ``n`` costs ``n`` calls of the batch-1 program,
+so it gains nothing from batching (weights are re-read per sample, and each call pays the
+VM's fixed cost). Where throughput at large batches matters more than one artifact,
+``shapes=`` compiles the batched program.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -102,121 +112,250 @@ def bind_symbols(graph: Graph, bindings: Mapping[str, int]) -> Graph:
 
 
 # ----------------------------------------------------------- batch independence
-def _axis_not_0(attr: str) -> Callable[[Node], str | None]:
-    def check(node: Node) -> str | None:
-        axis = node.attrs[attr]
-        if axis is None:
-            return None
-        rank = max(node.inputs[0].type.rank, 1)
-        return f"{attr}={axis} is the batch dim" if axis % rank == 0 else None
-    return check
+class _NotBatch(Exception):
+    """Why a symbol is not a batch symbol (raised inside the analysis only)."""
 
 
-def _axes_not_0(node: Node) -> str | None:
-    axes = node.attrs["axes"]
+Axes = list[int | None]  # per operand / result: the position of the batch dim, or None
+
+
+def _axis(v: Value, name: str) -> int | None:
+    """Where ``v`` has the batch dim ``name`` (one whole dim), or None when it has none."""
+    uses = [i for i, d in enumerate(v.shape) if type(d) is not int and name in dim_symbols(d)]
+    if not uses:
+        return None
+    d = v.shape[uses[0]]
+    if len(uses) != 1 or not (d.is_Symbol and d.name == name):
+        raise _NotBatch(f"%{v.name} has type {v.type}: {name} is not one whole dim of it")
+    return uses[0]
+
+
+def _same(node: Node, ins: Axes, outs: Axes, expect: int) -> None:
+    if any(o != expect for o in outs):
+        raise _NotBatch(f"its result has the batch dim at {_out(outs)}, expected {expect}")
+
+
+def _out(outs: Axes) -> int:
+    """The batch dim of the (first) result; raises when a result has none."""
+    if any(o is None for o in outs):
+        raise _NotBatch("the batch dim is in its operands but not in all its results")
+    return outs[0]  # type: ignore[return-value]
+
+
+def _leading(node: Node, ins: Axes, outs: Axes) -> None:
+    """Batch-first ops (conv, pool, norms over channels): the batch dim is dim 0."""
+    if ins[0] != 0 or any(a is not None for a in ins[1:]):
+        raise _NotBatch(f"op {node.op.name!r} treats samples independently only along dim 0 "
+                        "of its first operand")
+    _same(node, ins, outs, 0)
+
+
+def _rowwise(node: Node, ins: Axes, outs: Axes) -> None:
+    """``linear``-like: any dim but the last (the contracted one) of the first operand."""
+    rank = node.inputs[0].type.rank
+    if ins[0] is None or ins[0] == rank - 1 or any(a is not None for a in ins[1:]):
+        raise _NotBatch("the batch dim is contracted (or in a weight)")
+    _same(node, ins, outs, ins[0])
+
+
+def _per_token(node: Node, ins: Axes, outs: Axes) -> None:
+    if not node.attrs["per_token"]:
+        raise _NotBatch("its activation scale is one amax over the whole tensor "
+                        "(per_token=false), so each sample's numbers depend on the others")
+    _rowwise(node, ins, outs)
+
+
+def _normalized(node: Node, ins: Axes, outs: Axes) -> None:
+    rank = node.inputs[0].type.rank
+    if ins[0] is None or ins[0] >= rank - len(node.attrs["normalized_shape"]) or \
+            any(a is not None for a in ins[1:]):
+        raise _NotBatch("it normalizes over the batch dim")
+    _same(node, ins, outs, ins[0])
+
+
+def _aligned(node: Node, ins: Axes, outs: Axes, *, below: int = 0) -> None:
+    """Broadcasting ops: each operand's batch dim at the result's, counted from the right.
+
+    ``below``: that many trailing dims of every operand (matrix dims) may not hold it.
+    """
+    out_rank = node.outputs[0].type.rank
+    for v, a in zip(node.inputs, ins, strict=True):
+        if a is None:
+            continue
+        if a >= v.type.rank - below or a - v.type.rank != _out(outs) - out_rank:
+            raise _NotBatch(f"the batch dim of %{v.name} ({v.type}) does not line up with "
+                            f"the result's ({node.outputs[0].type})")
+    _same(node, ins, outs, outs[0])
+
+
+def _elementwise(node: Node, ins: Axes, outs: Axes) -> None:
+    _aligned(node, ins, outs)
+
+
+def _matmul(node: Node, ins: Axes, outs: Axes) -> None:
+    (a, b), (ra, rb) = ins, (node.inputs[0].type.rank, node.inputs[1].type.rank)
+    ro = node.outputs[0].type.rank
+    want = []
+    if a is not None:
+        if a == ra - 1 or ra == 1:
+            raise _NotBatch("the batch dim of its first operand is contracted")
+        want.append(ro - 2 if a == ra - 2 else a + ro - ra)
+    if b is not None:
+        if b == rb - 2 or rb == 1:
+            raise _NotBatch("the batch dim of its second operand is contracted")
+        if a is not None and (a >= ra - 2 or b >= rb - 2):
+            raise _NotBatch("both operands hold the batch dim outside their batch dims")
+        want.append(ro - 1 if b == rb - 1 else b + ro - rb)
+    if len(set(want)) != 1:
+        raise _NotBatch("its operands' batch dims do not line up")
+    _same(node, ins, outs, want[0])
+
+
+def _sdpa(node: Node, ins: Axes, outs: Axes) -> None:
+    if ins[0] is None:
+        raise _NotBatch("its query has no batch dim")
+    _aligned(node, ins, outs, below=2)
+
+
+def _axis_attr(node: Node, ins: Axes, outs: Axes) -> None:
+    """Ops along one ``axis`` attribute (softmax, cat, slice, select, per-channel quantize)."""
+    axis, k = node.attrs["axis"], ins[0]
+    rank = max(node.inputs[0].type.rank, 1)
+    if any(a is not None and a != k for a in ins):
+        raise _NotBatch("its operands hold the batch dim at different dims")
+    if k is None:
+        raise _NotBatch("its first operand has no batch dim")
+    if axis is not None and axis % rank == k:
+        raise _NotBatch(f"axis={axis} is the batch dim")
+    removed = node.op.name == "select" and axis % rank < k
+    _same(node, ins, outs, k - 1 if removed else k)
+
+
+def _reduce(node: Node, ins: Axes, outs: Axes) -> None:
+    axes, k = node.attrs["axes"], ins[0]
     rank = max(node.inputs[0].type.rank, 1)
     if not axes:
-        return "it reduces over every dim, the batch dim included"
-    return "it reduces over the batch dim" if any(a % rank == 0 for a in axes) else None
+        raise _NotBatch("it reduces over every dim, the batch dim included")
+    norm = {a % rank for a in axes}
+    if k in norm:
+        raise _NotBatch("it reduces over the batch dim")
+    keep = node.attrs.get("keepdim", False)
+    _same(node, ins, outs, k if keep else k - sum(a < k for a in norm))
 
 
-def _permute(node: Node) -> str | None:
-    dims = node.attrs["dims"]
-    return None if dims and dims[0] % len(dims) == 0 else f"dims={list(dims)} move the batch dim"
+def _permute(node: Node, ins: Axes, outs: Axes) -> None:
+    dims = [d % len(node.attrs["dims"]) for d in node.attrs["dims"]]
+    _same(node, ins, outs, dims.index(ins[0]))
 
 
-def _pad(node: Node) -> str | None:
+def _reshape(node: Node, ins: Axes, outs: Axes) -> None:
+    """Each sample's block stays in place when the dims before the batch dim keep their
+    (static) product: row-major order then maps sample ``i`` onto sample ``i``."""
+    x, y = node.inputs[0].type.shape, node.outputs[0].type.shape
+    before_in, before_out = x[:ins[0]], y[:_out(outs)]
+    if not all(type(d) is int for d in (*before_in, *before_out)) or \
+            math.prod(before_in) != math.prod(before_out):
+        raise _NotBatch(f"it reshapes {node.inputs[0].type} to {node.outputs[0].type}, which "
+                        "moves samples")
+
+
+def _expand(node: Node, ins: Axes, outs: Axes) -> None:
+    _same(node, ins, outs, ins[0] + node.outputs[0].type.rank - node.inputs[0].type.rank)
+
+
+def _pad(node: Node, ins: Axes, outs: Axes) -> None:
     rank = node.inputs[0].type.rank
-    return "it pads the batch dim" if len(node.attrs["pads"]) >= 2 * rank else None
+    if ins[0] >= rank - len(node.attrs["pads"]) // 2:
+        raise _NotBatch("it pads the batch dim")
+    _same(node, ins, outs, ins[0])
 
 
-def _per_token(node: Node) -> str | None:
-    if node.attrs["per_token"]:
-        return None
-    return ("its activation scale is one amax over the whole tensor (per_token=false), so "
-            "each sample's numbers depend on the others")
+def _keep(node: Node, ins: Axes, outs: Axes) -> None:
+    _same(node, ins, outs, ins[0])
 
 
-def _always(node: Node) -> str | None:
-    return None
+def _embedding(node: Node, ins: Axes, outs: Axes) -> None:
+    if ins[0] is None or ins[1] is not None:
+        raise _NotBatch("the batch dim is not in its indices")
+    _same(node, ins, outs, ins[0])
 
 
-_RULES: dict[str, Callable[[Node], str | None]] = {
-    **{op: _always for op in (
-        "identity", "dropout", "conv1d", "conv2d", "conv_transpose2d", "linear", "matmul",
-        "batch_norm", "layer_norm", "rms_norm", "group_norm", "instance_norm", "sdpa",
-        "embedding", "reshape", "expand", "interpolate", "max_pool1d", "max_pool2d",
-        "avg_pool1d", "avg_pool2d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-        "adaptive_max_pool1d", "adaptive_max_pool2d", "qconv1d", "qconv2d", "qlinear",
-        "qmatmul", "qadd", "qmul", "qavg_pool2d")},
-    **{op: _axis_not_0("axis") for op in (
+Rule = Callable[[Node, Axes, Axes], None]
+
+_RULES: dict[str, Rule] = {
+    **{op: _leading for op in (
+        "conv1d", "conv2d", "conv_transpose2d", "batch_norm", "group_norm", "instance_norm",
+        "interpolate", "max_pool1d", "max_pool2d", "avg_pool1d", "avg_pool2d",
+        "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_max_pool1d",
+        "adaptive_max_pool2d", "qconv1d", "qconv2d", "qavg_pool2d")},
+    **{op: _rowwise for op in ("linear", "qlinear")},
+    **{op: _normalized for op in ("layer_norm", "rms_norm")},
+    **{op: _axis_attr for op in (
         "cat", "split", "slice", "select", "softmax", "log_softmax", "qcat", "quantize",
         "dequantize", "requantize")},
-    **{op: _axes_not_0 for op in ("mean", "sum", "amax", "amin")},
+    **{op: _reduce for op in ("mean", "sum", "amax", "amin")},
+    **{op: _matmul for op in ("matmul", "qmatmul")},
+    **{op: _elementwise for op in ("qadd", "qmul")},
+    **{op: _keep for op in ("identity", "dropout")},
+    "sdpa": _sdpa,
+    "embedding": _embedding,
+    "reshape": _reshape,
+    "expand": _expand,
     "permute": _permute,
     "pad": _pad,
     "dynamic_linear": _per_token,
 }
 
 
-def _batch_problem(v: Value, name: str) -> str | None:
-    """Why value ``v`` breaks symbol ``name`` as a batch dim (it must be exactly dim 0)."""
-    uses = [i for i, d in enumerate(v.shape) if type(d) is not int and name in dim_symbols(d)]
-    if not uses:
-        return None
-    d0 = v.shape[0]
-    if uses != [0] or not (getattr(d0, "is_Symbol", False) and d0.name == name):
-        return f"%{v.name} has type {v.type}: {name} is not (only) its dim 0"
-    return None
-
-
-def _mentions(v: Value, name: str) -> bool:
-    return any(type(d) is not int and name in dim_symbols(d) for d in v.shape)
-
-
 def batch_symbols(graph: Graph, names: Iterable[str] | None = None) -> dict[str, str | None]:
     """For each symbol, why it is not a batch symbol (``None``: it is one).
 
-    A batch symbol ``N`` appears in every type that mentions it as exactly dim 0; every graph
-    output has it as dim 0; and every node that sees it is listed as batch-independent for
-    its attributes (see the module docstring). Such a graph computes each sample alone, so
-    running the program bound to ``N = 1`` once per sample gives the same numbers.
+    A batch symbol ``N`` is dim 0 of every graph input and output that has it; inside the
+    graph it is one whole dim of every value that mentions it (any position: ``permute``
+    moves it), and every node that sees it treats the samples along that dim independently
+    (the rules above: not contracted, reduced, normalized over or mixed by a reshape). Such
+    a graph computes each sample alone, so running the program bound to ``N = 1`` once
+    per sample gives the same numbers.
     """
     out: dict[str, str | None] = {}
     for name in sorted(graph.symbols if names is None else names):
-        out[name] = _batch_reason(graph, name)
+        try:
+            _check_batch(graph, name)
+            out[name] = None
+        except _NotBatch as e:
+            out[name] = str(e)
     return out
 
 
-def _batch_reason(graph: Graph, name: str) -> str | None:
-    if not any(_mentions(v, name) for v in graph.inputs):
-        return f"no graph input has {name} as its dim 0"
+def _check_batch(graph: Graph, name: str) -> None:
+    if not any(_axis(v, name) == 0 for v in graph.inputs):
+        raise _NotBatch(f"no graph input has {name} as its dim 0")
     for v in graph.inputs:
-        problem = _batch_problem(v, name)
-        if problem:
-            return problem
+        if _axis(v, name) not in (None, 0):
+            raise _NotBatch(f"input %{v.name} ({v.type}) has {name} other than at dim 0")
     for node in graph.nodes:
-        seen_in = any(_mentions(v, name) for v in node.inputs)
-        seen_out = any(_mentions(v, name) for v in node.outputs)
-        if not seen_in and not seen_out:
+        try:
+            ins = [_axis(v, name) for v in node.inputs]
+            outs = [_axis(v, name) for v in node.outputs]
+        except _NotBatch as e:
+            raise _NotBatch(f"{node.describe()}: {e}") from None
+        if all(a is None for a in ins + outs):
             continue
-        for v in [*node.inputs, *node.outputs]:
-            problem = _batch_problem(v, name)
-            if problem:
-                return f"{node.describe()}: {problem}"
-        if not seen_in or not all(_mentions(v, name) for v in node.outputs):
-            return (f"{node.describe()}: {name} appears in its "
-                    f"{'results but not its operands' if not seen_in else 'operands but not all results'}")
+        if all(a is None for a in ins):
+            raise _NotBatch(f"{node.describe()}: {name} appears in its results but not its "
+                            "operands")
         rule = _RULES.get(node.op.name)
         if rule is None and node.op.has(Trait.ELEMENTWISE):
-            rule = _always  # broadcasting: an operand without N has dim 0 of size 1 or less rank
+            rule = _elementwise  # broadcasting: an operand without N has size 1 there
         if rule is None:
-            return (f"{node.describe()}: op {node.op.name!r} is not known to treat the batch "
-                    "dim independently")
-        problem = rule(node)
-        if problem:
-            return f"{node.describe()}: {problem}"
+            raise _NotBatch(f"{node.describe()}: op {node.op.name!r} is not known to treat "
+                            "the batch dim independently")
+        try:
+            rule(node, ins, outs)  # the reason why it mixes samples, if it does
+            _out(outs)
+        except _NotBatch as e:
+            raise _NotBatch(f"{node.describe()}: {e}") from None
     for v in graph.outputs:
-        if not _mentions(v, name):
-            return f"output %{v.name} ({v.type}) has no batch dim {name}"
-    return None
+        if _axis(v, name) != 0:
+            raise _NotBatch(f"output %{v.name} ({v.type}) does not have the batch dim {name} "
+                            "as its dim 0")
