@@ -398,3 +398,47 @@ def test_benchmark_and_profile_of_a_batch_model(cnn) -> None:
     assert c.benchmark(x8, repeat=2, number=1).median_ms > 0
     assert c.profile(x8, repeat=1, warmup=0).rows
     assert symbol("N") in c.inputs[0].type.shape
+
+
+# --------------------------------------------------------------------------- dynamic int8, arm
+def _mlp_dynamic_int8(per_token: bool) -> Graph:
+    """dynamic-int8 linears over ``f32[N,S,16]`` (calibration-free), N and S symbolic."""
+    torch.manual_seed(4)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 16)).eval()
+    g = slimfx.quantize(slimfx.trace(mlp, (torch.randn(7, 5, 16),), method="export"),
+                        pipeline="dynamic-int8")
+    for node in g.nodes:
+        if node.op.name == "dynamic_linear":
+            node.set_attrs(per_token=per_token)
+    g = _generalize(g, 7, hi=8)
+    s = g.add_symbol("S", 1, 64)
+    for v in g.inputs:
+        v.type = TensorType((v.type.shape[0], s, 16), v.type.dtype)
+    for node in g.nodes:
+        for out, t in zip(node.outputs, node.op.infer([v.type for v in node.inputs],
+                                                      node.attrs), strict=True):
+            out.type = t
+    g.verify()
+    return g
+
+
+@pytest.mark.parametrize("per_token, batch", [
+    (True, "N"), pytest.param(False, None, marks=pytest.mark.slow)])  # symbolic: ~13 s build
+def test_dynamic_int8_exact_at_every_batch_and_length(per_token, batch) -> None:
+    g = _mlp_dynamic_int8(per_token)
+    c = slimfx.compile(g, "x86")
+    assert c.batch == batch  # a per-tensor scale mixes the samples: compiled symbolically
+    for b, s in ((1, 5), (3, 9), (7, 33)):
+        x = torch.randn(b, s, 16)
+        assert torch.equal(c(x), slimfx.to_torch(bind_symbols(g, {"N": b, "S": s}))(x)), (b, s)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("slimfx.backends.tvm.arm_env", fromlist=["x"]).find_env() is None,
+                    reason="aarch64 qemu environment not set up (make arm-env)")
+def test_int8_batch_model_on_arm_under_qemu(int8) -> None:
+    g, _ = int8
+    c = slimfx.compile(g, "arm")
+    x = _x(3, 30)  # three per-sample calls in one qemu process
+    assert torch.equal(c(x), slimfx.to_torch(bind_symbols(g, {"N": 3}))(x))
