@@ -1,21 +1,26 @@
 """Symbolic batch in the TVM backend: compile time, batch-1 latency and batch-8 throughput.
 
-For a small CNN and a small transformer block, traced with a dynamic batch
+For a small CNN (fp32 and ptq-int8), a small transformer block and a tiny MLP, traced
+with a dynamic batch
 (``dynamic_shapes``), compares:
 
-- ``static``: traced and compiled at the size measured (today's path, the reference);
-- ``shapes=``: the symbolic graph specialised with ``compile(g, shapes=...)``;
+- ``static``: compiled for the size measured (``compile(g, shapes=...)``: the program of a
+  graph traced at that size, today's path and the reference);
 - ``auto``: one artifact for every batch; the batch symbol runs the per-sample program
   once per sample (:mod:`slimfx.backends.tvm.specialize`);
 - ``symbolic``: one artifact, the batch symbolic in Relax (generic kernels).
 
-Usage: ``python benchmarks/dynamic_tvm.py [--repeat 20] [--models cnn,transformer]``.
-Prints one table per model (ms; ratios against ``static``).
+Usage: ``python benchmarks/dynamic_tvm.py [--repeat 15] [--number 5]
+[--models cnn,transformer]``. Prints one table per model: compile seconds, the median
+(and min) ms of one call over ``repeat`` rounds that visit every case in turn (so load
+on the machine hits every case alike), ratios against ``static``, batch-8 images/s and
+the largest difference from eager torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import numpy as np
@@ -24,7 +29,7 @@ import torch.nn as nn
 from torch.export import Dim
 
 import slimfx
-from slimfx.backends.tvm.specialize import batch_symbols
+from slimfx.backends.tvm.specialize import batch_symbols, bind_symbols
 from slimfx.ir import TensorType
 
 
@@ -61,9 +66,22 @@ class Block(nn.Module):
         return x + self.mlp(self.n2(x))
 
 
-MODELS = {
-    "cnn": (SmallCNN, (3, 32, 32)),
-    "transformer": (Block, (32, 128)),
+class Tiny(nn.Module):
+    """An MLP so small that the per-call cost of the VM dominates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+MODELS = {  # name -> (model, sample shape, int8)
+    "cnn": (SmallCNN, (3, 32, 32), False),
+    "cnn-int8": (SmallCNN, (3, 32, 32), True),
+    "transformer": (Block, (32, 128), False),
+    "tiny": (Tiny, (64,), False),
 }
 
 
@@ -100,59 +118,83 @@ def _trace_dynamic(model, sample):
                           7), "generalize(trace at batch 7)"
 
 
+class _BoundReference:
+    """``slimfx.to_torch`` of a symbolic graph, bound to the size of each call."""
+
+    def __init__(self, g) -> None:
+        self.g = g
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return slimfx.to_torch(bind_symbols(self.g, {"N": x.shape[0]}))(x)
+
+
 def _timed_compile(g, **kw):
     t0 = time.perf_counter()
     c = slimfx.compile(g, "x86", progress=False, **kw)
     return c, time.perf_counter() - t0
 
 
-def run(name: str, repeat: int) -> None:
-    cls, sample = MODELS[name]
+def run(name: str, repeat: int, number: int) -> None:
+    cls, sample, int8 = MODELS[name]
     torch.manual_seed(0)
     model = cls().eval()
     x1, x8 = torch.randn(1, *sample), torch.randn(8, *sample)
     g, how = _trace_dynamic(model, sample)
+    if int8:  # ptq-int8 on the static graph (calibration of symbolic graphs is WIP), batch 7
+        static = slimfx.trace(model, (torch.randn(7, *sample),), method="export")
+        calib = [torch.randn(7, *sample) for _ in range(4)]
+        g, how = generalize(slimfx.quantize(static, calib), 7), "ptq-int8, generalize(batch 7)"
     reasons = batch_symbols(g)
+    # "static": the graph bound to the size (shapes=), which is the program a trace at
+    # that size gives (tests/backends/tvm/test_dynamic.py checks they are structurally equal)
     builds = {
-        "static b1": _timed_compile(slimfx.trace(model, (x1,), method="export")),
-        "static b8": _timed_compile(slimfx.trace(model, (x8,), method="export")),
-        "shapes= b1": _timed_compile(g, shapes={"x": tuple(x1.shape)}),
+        "static b1": _timed_compile(g, shapes={"x": tuple(x1.shape)}),
+        "static b8": _timed_compile(g, shapes={"x": tuple(x8.shape)}),
         "auto": _timed_compile(g),
         "symbolic": _timed_compile(g, dynamic="symbolic"),
     }
+    if int8:  # references: the torch backend on the integer program at that size
+        model = _BoundReference(g)
     a1, a8 = x1.numpy(), x8.numpy()
     ref1, ref8 = model(x1).detach().numpy(), model(x8).detach().numpy()
-
-    def bench(c, a, ref) -> tuple[float, float]:
-        err = float(np.abs(c(a) - ref).max())
-        return c.benchmark(a, repeat=repeat, number=5).median_ms, err
-
-    rows = []
-    for key, (c, secs) in builds.items():
-        b1 = bench(c, a1, ref1) if key != "static b8" else None
-        b8 = bench(c, a8, ref8) if key not in ("static b1", "shapes= b1") else None
-        rows.append((key, secs, b1, b8))
-    base1 = next(r[2][0] for r in rows if r[0] == "static b1")
-    base8 = next(r[3][0] for r in rows if r[0] == "static b8")
+    cases = []  # (build, batch, compiled, input, reference)
+    for key, (c, _) in builds.items():
+        if key != "static b8":
+            cases.append((key, 1, c, a1, ref1))
+        if key != "static b1":
+            cases.append((key, 8, c, a8, ref8))
+    errs = {(k, b): float(np.abs(c(a) - ref).max()) for k, b, c, a, ref in cases}
+    times: dict[tuple[str, int], list[float]] = {(k, b): [] for k, b, *_ in cases}
+    for _ in range(repeat):  # rounds over every case: load on the machine hits all alike
+        for k, b, c, a, _ref in cases:
+            times[(k, b)].append(c.benchmark(a, repeat=1, number=number, warmup=1).median_ms)
+    med = {key: statistics.median(t) for key, t in times.items()}
+    low = {key: min(t) for key, t in times.items()}
     print(f"\n{name} (input [N, {', '.join(map(str, sample))}], N in [1, 64], by {how}; "
           f"N {'is a batch symbol' if reasons['N'] is None else 'stays symbolic: ' + reasons['N']})")
-    print(f"{'build':<12}{'compile s':>10}{'b1 ms':>9}{'x static':>9}{'b8 ms':>9}"
-          f"{'x static':>9}{'b8 img/s':>10}{'max err':>10}")
-    for key, secs, b1, b8 in rows:
-        c1 = f"{b1[0]:9.3f}{b1[0] / base1:9.2f}" if b1 else f"{'-':>9}{'-':>9}"
-        c8 = (f"{b8[0]:9.3f}{b8[0] / base8:9.2f}{8e3 / b8[0]:10.0f}" if b8
-              else f"{'-':>9}{'-':>9}{'-':>10}")
-        err = max(e for e in (b1[1] if b1 else 0.0, b8[1] if b8 else 0.0))
-        print(f"{key:<12}{secs:10.1f}{c1}{c8}{err:10.1e}")
+    print(f"{'build':<12}{'compile s':>10}{'b1 ms':>9}{'(min)':>8}{'x static':>9}{'b8 ms':>9}"
+          f"{'(min)':>8}{'x static':>9}{'b8 img/s':>10}{'max err':>10}")
+    for key, (_, secs) in builds.items():
+        cols = []
+        for b, base in ((1, "static b1"), (8, "static b8")):
+            if (key, b) in med:
+                cols.append(f"{med[key, b]:9.3f}{low[key, b]:8.3f}"
+                            f"{med[key, b] / med[base, b]:9.2f}")
+            else:
+                cols.append(f"{'-':>9}{'-':>8}{'-':>9}")
+        rate = f"{8e3 / med[key, 8]:10.0f}" if (key, 8) in med else f"{'-':>10}"
+        err = max(e for (k, _b), e in errs.items() if k == key)
+        print(f"{key:<12}{secs:10.1f}{cols[0]}{cols[1]}{rate}{err:10.1e}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--models", default="cnn,transformer")
+    ap.add_argument("--repeat", type=int, default=15, help="rounds over all cases")
+    ap.add_argument("--number", type=int, default=5, help="calls timed per round")
+    ap.add_argument("--models", default="cnn,cnn-int8,transformer,tiny")
     args = ap.parse_args()
     for name in args.models.split(","):
-        run(name, args.repeat)
+        run(name, args.repeat, args.number)
 
 
 if __name__ == "__main__":

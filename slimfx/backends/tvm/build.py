@@ -9,10 +9,12 @@ of the same model finds them there and does not tune again.
 
 Symbolic graphs (``f32[N,3,224,224] where N in [1, 64]``, see :mod:`.specialize`): with
 ``shapes=`` the symbols are bound and the static path runs (the same code, and speed, as a
-graph traced at that size). Without it, a batch symbol (dim 0 only, batch-independent ops)
-is bound to 1 and the per-sample program runs once per sample (bit-exact, batch 1 exactly
-as fast as static); the other symbols stay symbolic in Relax (generic kernels). One artifact
-then serves every size in the declared ranges.
+graph traced at that size). Without it, a batch symbol (dim 0 of the inputs and outputs,
+every op independent along it) is bound to 1 and the per-sample program runs once per
+sample (bit-exact, batch 1 the static program); the other symbols stay symbolic in Relax
+(generic kernels; a lowering that needs static shapes is a LoweringError naming the node).
+One artifact then serves every size in the declared ranges. The measured trade-offs are in
+``notes/dynamic_shapes_tvm.md``.
 """
 
 from __future__ import annotations
@@ -73,15 +75,16 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
             the symbols these shapes determine and compiles for exactly those sizes (the
             fastest code; other sizes are then refused).
         dynamic: how symbols left unbound are compiled: ``"auto"`` runs a batch symbol
-            (dim 0 only, batch-independent ops; see :mod:`.specialize`) as a loop over the
-            program compiled for one sample, the other symbols as symbolic Relax shapes;
-            ``"symbolic"`` keeps every symbol symbolic (generic kernels).
+            (see :func:`.specialize.batch_symbols`) as a loop over the program compiled for
+            one sample, the other symbols as symbolic Relax shapes; ``"symbolic"`` keeps
+            every symbol symbolic (generic kernels, one call per batch).
 
     Returns:
         A :class:`Compiled` model; ``.save(path)`` writes it, ``slimfx.load`` reads it.
 
     Raises:
-        LoweringError: nodes without a TVM lowering (all listed at once).
+        LoweringError: nodes without a TVM lowering (all listed at once), or a node whose
+            lowering needs static shapes where a symbol stays symbolic (use ``shapes=``).
         ArtifactError: the tuning database cannot be read (the message names it).
         SlimfxError: an unknown target, or a TVM build failure.
         RuntimeInputError: ``shapes`` that do not fit the graph's inputs or ranges.

@@ -452,7 +452,9 @@ class Compiled:
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s.type}" for s in self.inputs)
         outs = ", ".join(str(s.type) for s in self.outputs)
-        return f"Compiled(({ins}) -> ({outs}), target={self.target})"
+        where = f" where {self.describe_symbols()}" if self.symbols else ""
+        batch = f", per-sample over {self.batch}" if self.batch else ""
+        return f"Compiled(({ins}) -> ({outs}){where}{batch}, target={self.target})"
 
 
 def _is_torch(x: Any) -> bool:

@@ -132,10 +132,11 @@ def _bias(ctx: LowerContext, acc: Expr, b: Expr | None, channel_axis: int) -> Ex
 def _qconv(nd: int):
     """``qconv{nd}d``: im2col + packed VNNI dense for a dense constant int8 weight
     (:mod:`.conv_int8`), the direct int32 convolution otherwise (grouped, depthwise,
-    run-time weights, out channels not a multiple of 16)."""
+    run-time weights, out channels not a multiple of 16, symbolic shapes)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
-        if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x):
+        if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x) \
+                and ctx.is_static_shape(x):  # symbolic dims: the direct convolution
             wn = w.value.numpy()
             if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
                 return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"],
@@ -272,7 +273,7 @@ def _qcat(ctx: LowerContext, node: Node, *xs: Expr) -> Expr:
 @register_lowering("qavg_pool2d")
 def _qavg_pool2d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
-    channels = ctx.shape_of(x)[1]
+    channels = ctx.static_dim(x, 1)
     kh, kw = a["kernel"]
     ones = ctx.const(np.ones((channels, 1, kh, kw)), "int32")
     xs = _shifted(ctx, x, a["in_zero_point"], "int32")

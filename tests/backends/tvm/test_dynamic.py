@@ -164,6 +164,16 @@ def test_int8_bit_exact_at_every_size(int8) -> None:
     assert torch.equal(c(_x(3, 3)), slimfx.to_torch(g)(_x(3, 3)))
 
 
+@pytest.mark.slow
+def test_int8_symbolic_batch_bit_exact(int8) -> None:
+    g, _ = int8
+    c = slimfx.compile(g, "x86", dynamic="symbolic")  # direct int32 conv, generic kernels
+    assert c.batch is None
+    for b in (1, 6):
+        x = _x(b, 40 + b)
+        assert torch.equal(c(x), slimfx.to_torch(bind_symbols(g, {"N": b}))(x)), f"batch {b}"
+
+
 def test_symbolic_symbol_runs_generic_kernels() -> None:
     g = _sequence()
     reasons = batch_symbols(g)
