@@ -14,7 +14,9 @@ Usage: ``python benchmarks/dynamic_tvm.py [--repeat 15] [--number 5]
 [--models cnn,transformer]``. Prints one table per model: compile seconds, the median
 (and min) ms of one call over ``repeat`` rounds that visit every case in turn (so load
 on the machine hits every case alike), ratios against ``static``, batch-8 images/s and
-the largest difference from eager torch.
+the median ms of a whole batch-8 call (``c(x)``: numpy in, transfers, per-sample
+slicing and stacking, numpy out; ``benchmark`` counts only the kernels) and the largest
+difference from eager torch (int8: from the torch backend's integer program).
 """
 
 from __future__ import annotations
@@ -165,15 +167,21 @@ def run(name: str, repeat: int, number: int) -> None:
             cases.append((key, 8, c, a8, ref8))
     errs = {(k, b): float(np.abs(c(a) - ref).max()) for k, b, c, a, ref in cases}
     times: dict[tuple[str, int], list[float]] = {(k, b): [] for k, b, *_ in cases}
+    calls: dict[tuple[str, int], list[float]] = {(k, b): [] for k, b, *_ in cases}
     for _ in range(repeat):  # rounds over every case: load on the machine hits all alike
         for k, b, c, a, _ref in cases:
             times[(k, b)].append(c.benchmark(a, repeat=1, number=number, warmup=1).median_ms)
+            t0 = time.perf_counter()  # a whole call: numpy in, transfers, stacking, numpy out
+            for _ in range(number):
+                c(a)
+            calls[(k, b)].append((time.perf_counter() - t0) * 1e3 / number)
+    call8 = {key: statistics.median(t) for key, t in calls.items() if key[1] == 8}
     med = {key: statistics.median(t) for key, t in times.items()}
     low = {key: min(t) for key, t in times.items()}
     print(f"\n{name} (input [N, {', '.join(map(str, sample))}], N in [1, 64], by {how}; "
           f"N {'is a batch symbol' if reasons['N'] is None else 'stays symbolic: ' + reasons['N']})")
     print(f"{'build':<12}{'compile s':>10}{'b1 ms':>9}{'(min)':>8}{'x static':>9}{'b8 ms':>9}"
-          f"{'(min)':>8}{'x static':>9}{'b8 img/s':>10}{'max err':>10}")
+          f"{'(min)':>8}{'x static':>9}{'b8 img/s':>10}{'b8 call':>9}{'max err':>10}")
     for key, (_, secs) in builds.items():
         cols = []
         for b, base in ((1, "static b1"), (8, "static b8")):
@@ -182,7 +190,8 @@ def run(name: str, repeat: int, number: int) -> None:
                             f"{med[key, b] / med[base, b]:9.2f}")
             else:
                 cols.append(f"{'-':>9}{'-':>8}{'-':>9}")
-        rate = f"{8e3 / med[key, 8]:10.0f}" if (key, 8) in med else f"{'-':>10}"
+        rate = (f"{8e3 / med[key, 8]:10.0f}{call8[key, 8]:9.3f}" if (key, 8) in med
+                else f"{'-':>10}{'-':>9}")
         err = max(e for (k, _b), e in errs.items() if k == key)
         print(f"{key:<12}{secs:10.1f}{cols[0]}{cols[1]}{rate}{err:10.1e}")
 
