@@ -8,6 +8,8 @@ with a dynamic batch
   graph traced at that size, today's path and the reference);
 - ``auto``: one artifact for every batch; the batch symbol runs the per-sample program
   once per sample (:mod:`slimfx.backends.tvm.specialize`);
+- ``auto+b8``: ``auto`` with ``batch_buckets=(8,)``: the batch-8 program in the same
+  library, a batch runs as chunks of 8 and the rest per sample;
 - ``symbolic``: one artifact, the batch symbolic in Relax (generic kernels).
 
 Usage: ``python benchmarks/dynamic_tvm.py [--repeat 15] [--number 5]
@@ -153,6 +155,7 @@ def run(name: str, repeat: int, number: int) -> None:
         "static b1": _timed_compile(g, shapes={"x": tuple(x1.shape)}),
         "static b8": _timed_compile(g, shapes={"x": tuple(x8.shape)}),
         "auto": _timed_compile(g),
+        "auto+b8": _timed_compile(g, batch_buckets=(8,)),
         "symbolic": _timed_compile(g, dynamic="symbolic"),
     }
     if int8:  # references: the torch backend on the integer program at that size

@@ -9,11 +9,13 @@ suffix such as ``.slim`` or ``.tar``)::
                   "inputs": [{"name", "shape", "dtype", "qparams"}], "outputs": [...],
                   "target_features": ["avx2", ...], "library": "model.so",
                   "library_sha256": "...",
-                  "symbols": {"N": [1, 64], "S": [1, null]}, "batch": "N"}
+                  "symbols": {"N": [1, 64], "S": [1, null]}, "batch": "N",
+                  "batch_buckets": {"8": "main_b8"}}
 
 A symbolic dimension of a signature is its text (``"shape": ["N", 3, 32, 32]``);
 ``symbols`` declares every symbol with its range (``null``: no upper bound) and ``batch``
-names the batch symbol whose samples run one at a time (see :mod:`.specialize`). Artifacts
+names the batch symbol whose samples run one at a time (see :mod:`.specialize`), and
+``batch_buckets`` the library functions compiled for chunks of that many samples. Artifacts
 written before symbols existed have neither field and load as static models.
 
 **A ``.slim`` holds native code.** Loading one runs that code in this process, exactly like
@@ -155,6 +157,8 @@ def save(compiled: Compiled, path: str | os.PathLike[str]) -> Path:
         if compiled.symbols:
             meta["symbols"] = {k: [r.min, r.max] for k, r in sorted(compiled.symbols.items())}
             meta["batch"] = compiled.batch
+            if compiled.buckets:
+                meta["batch_buckets"] = {str(k): v for k, v in compiled.buckets.items()}
         text = json.dumps(meta, indent=2, sort_keys=True)
         try:
             if path.suffix:
@@ -274,6 +278,15 @@ def _symbols(meta: dict[str, Any], where: Path) -> tuple[dict[str, SymbolRange],
     return symbols, batch
 
 
+def _buckets(meta: dict[str, Any], where: Path) -> dict[int, str]:
+    raw = meta.get("batch_buckets", {})
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in raw.items()):
+        raise ArtifactError(f"{where}: bad batch_buckets {raw!r} in metadata; the artifact is "
+                            "corrupt")
+    return {int(k): v for k, v in raw.items()}
+
+
 def _specs(meta: dict[str, Any], key: str, where: Path,
            symbols: dict[str, SymbolRange] | None = None) -> list[Any]:
     from slimfx.backends.tvm.compiled import TensorSpec
@@ -388,7 +401,12 @@ def _check_library(compiled: Compiled, lib: Any, where: Path) -> None:
             for s in compiled.inputs]
     try:
         vm = compiled._ensure_vm()
-        outs = _flatten(vm[compiled.entry](*compiled._to_device(compiled._samples(args)[0])))
+        fn, first = compiled._samples(args)[0]
+        outs = _flatten(vm[fn](*compiled._to_device(first)))
+        for name in compiled.buckets.values():  # every bucket function is in the library
+            if int(vm_exec["get_function_arity"](name)) != arity:
+                raise ArtifactError(f"{where}: the library's bucket function {name!r} does "
+                                    f"not take {arity} input(s)")
     except (ArtifactError, DeviceError):
         raise
     except Exception as e:  # TVM's checks of the declared input types
@@ -471,6 +489,7 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
             raise ArtifactError(f"{path}: the library checksum does not match the metadata; the "
                                 "artifact is corrupt or was modified, save the model again")
         symbols, batch = _symbols(meta, path)
+        buckets = _buckets(meta, path)
         inputs = _specs(meta, "inputs", path, symbols)
         outputs = _specs(meta, "outputs", path, symbols)
         entry = meta.get("entry", "main")
@@ -484,7 +503,7 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
             raise ArtifactError(f"{path}: TVM cannot load the library: {e}") from e
         try:
             compiled = Compiled(lib, inputs, outputs, meta["target"], entry=entry,
-                                symbols=symbols, batch=batch)
+                                symbols=symbols, batch=batch, buckets=buckets)
         except ValueError as e:
             raise ArtifactError(f"{path}: the signature does not fit its symbols ({e}); the "
                                 "artifact is corrupt") from e

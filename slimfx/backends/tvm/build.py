@@ -56,6 +56,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     schedule: bool = True,
     shapes: Mapping[str, Sequence[int]] | None = None,
     dynamic: str = "auto",
+    batch_buckets: Sequence[int] = (),
 ) -> Compiled:
     """Compiles an IR graph with TVM.
 
@@ -78,6 +79,10 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
             (see :func:`.specialize.batch_symbols`) as a loop over the program compiled for
             one sample, the other symbols as symbolic Relax shapes; ``"symbolic"`` keeps
             every symbol symbolic (generic kernels, one call per batch).
+        batch_buckets: with a batch symbol, also compile the program for these batch sizes
+            (e.g. ``(8,)``) into the same library: a batch of ``n`` then runs as chunks of
+            the largest bucket that fits, the rest one sample at a time (same numbers,
+            fewer calls; one more build per bucket).
 
     Returns:
         A :class:`Compiled` model; ``.save(path)`` writes it, ``slimfx.load`` reads it.
@@ -99,9 +104,10 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     spec = resolve_target(target)
     graph.verify()
     inputs, outputs = _signature(graph)
-    graph, symbols, batch = _specialize(graph, shapes, dynamic)
+    graph, symbols, batch, unbatched = _specialize(graph, shapes, dynamic)
     if shapes is not None:
-        inputs, outputs = _signature(graph)
+        inputs, outputs = _signature(unbatched)
+    more, buckets = _buckets(unbatched, batch, symbols, batch_buckets)
 
     import tvm
 
@@ -111,7 +117,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     use_cpu_threads(spec)  # before any kernel runs (tuning measures in this process)
     tvm_target = tvm.target.Target(spec)
     with tvm_target:  # lowerings may specialise for the target (int8 conv: VNNI on x86)
-        mod = lower_graph(graph)
+        mod = lower_graph(graph, more=more)
     db_dir = Path(tuning_db) if tuning_db is not None else tuning.default_db_dir()
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
@@ -135,12 +141,35 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
         raise
     except Exception as e:  # TVM raises TVMError/InternalError/ValueError from deep inside
         raise SlimfxError(f"TVM failed to build graph {graph.name!r} for {spec}: {e}") from e
-    return Compiled(None, inputs, outputs, spec, executable=ex, symbols=symbols, batch=batch)
+    return Compiled(None, inputs, outputs, spec, executable=ex, symbols=symbols, batch=batch,
+                    buckets=buckets)
 
 
-def _specialize(graph: Graph, shapes: Mapping[str, Sequence[int]] | None,
-                dynamic: str) -> tuple[Graph, dict[str, SymbolRange], str | None]:
-    """The graph to lower, the symbols the artifact keeps, and its batch symbol (if any)."""
+def _buckets(graph: Graph, batch: str | None, symbols: Mapping[str, SymbolRange],
+             sizes: Sequence[int]) -> tuple[list[tuple[Graph, str]], dict[int, str]]:
+    """The graphs bound to each bucket size, with their function names."""
+    from slimfx.backends.tvm.specialize import batch_symbols, bind_symbols
+
+    if not sizes:
+        return [], {}
+    if batch is None:
+        why = "; ".join(f"{k}: {r}" for k, r in batch_symbols(graph).items() if r)
+        raise SlimfxError(f"batch_buckets needs a batch symbol, and graph {graph.name!r} has "
+                          f"none ({why or 'no symbols'}); compile with shapes= instead")
+    more, names = [], {}
+    for b in sorted(set(sizes)):
+        if type(b) is not int or b < 2 or not symbols[batch].contains(b):
+            raise SlimfxError(f"batch_buckets: {b!r} is not a batch size in the range of "
+                              f"{batch} ({symbols[batch]}) above 1")
+        names[b] = f"main_b{b}"
+        more.append((bind_symbols(graph, {batch: b}), names[b]))
+    return more, names
+
+
+def _specialize(graph: Graph, shapes: Mapping[str, Sequence[int]] | None, dynamic: str
+                ) -> tuple[Graph, dict[str, SymbolRange], str | None, Graph]:
+    """The graph to lower, the symbols the artifact keeps, its batch symbol (if any) and the
+    graph before the batch symbol was bound to 1."""
     from slimfx.backends.tvm.specialize import batch_symbols, bind_symbols
 
     if shapes is not None:
@@ -154,7 +183,7 @@ def _specialize(graph: Graph, shapes: Mapping[str, Sequence[int]] | None,
                         ", ".join(f"{k}={v}" for k, v in sorted(bound.items())))
     used = symbols_of(v.type for v in graph.values())
     if not used:
-        return graph, {}, None
+        return graph, {}, None, graph
     undeclared = sorted(used - set(graph.symbols))
     if undeclared:
         raise SlimfxError(f"graph {graph.name!r} uses undeclared symbol(s) "
@@ -168,5 +197,5 @@ def _specialize(graph: Graph, shapes: Mapping[str, Sequence[int]] | None,
     if batch is not None:
         logger.info("symbol %s is a batch dim: compiling the per-sample program, run once "
                     "per sample", batch)
-        graph = bind_symbols(graph, {batch: 1})
-    return graph, symbols, batch
+        return bind_symbols(graph, {batch: 1}), symbols, batch, graph
+    return graph, symbols, batch, graph

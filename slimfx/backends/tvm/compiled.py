@@ -135,12 +135,15 @@ class Compiled:
         symbols: symbol name -> range, for every symbol of the signature.
         batch: the batch symbol whose samples run one at a time through the per-sample
             library, or ``None``.
+        buckets: batch size -> the library function compiled for that many samples
+            (``compile(..., batch_buckets=)``); a batch runs as chunks of the largest that
+            fits, the rest one sample at a time.
     """
 
     def __init__(self, library: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                  target: Mapping[str, Any], *, executable: Any = None,
                  entry: str = "main", symbols: Mapping[str, SymbolRange] | None = None,
-                 batch: str | None = None) -> None:
+                 batch: str | None = None, buckets: Mapping[int, str] | None = None) -> None:
         self._library = library  # a tvm.runtime.Module (loaded) or None (only the executable)
         self._executable = executable  # relax.Executable when freshly compiled
         self.inputs = tuple(inputs)
@@ -149,6 +152,7 @@ class Compiled:
         self.entry = entry
         self.symbols = dict(symbols or {})
         self.batch = batch
+        self.buckets = dict(sorted((buckets or {}).items(), reverse=True))
         self._check_symbols()
         # which inputs carry the batch dim (the others go whole to every per-sample call)
         self._batched = tuple(_is_batch_dim(s.type, batch) for s in self.inputs)
@@ -178,6 +182,10 @@ class Compiled:
                                  f"({t})")
         if not all(_is_batch_dim(s.type, self.batch) for s in self.outputs):
             raise ValueError(f"every output must have the batch symbol {self.batch} as dim 0")
+        for size, name in self.buckets.items():
+            if type(size) is not int or size < 2 or not isinstance(name, str) or \
+                    not self.symbols[self.batch].contains(size):
+                raise ValueError(f"bad batch bucket {size!r}: {name!r}")
 
     def describe_symbols(self) -> str:
         """``N in [1, 64], S >= 1``: the symbols and their ranges ('' when static)."""
@@ -271,15 +279,22 @@ class Compiled:
         self.bind(arrays)
         return arrays, any_torch
 
-    def _samples(self, arrays: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-        """The argument lists of the library calls: one per sample with a batch symbol."""
+    def _samples(self, arrays: Sequence[np.ndarray]) -> list[tuple[str, list[np.ndarray]]]:
+        """The library calls (function, arguments): with a batch symbol, one per sample or
+        per chunk of a bucket size."""
         if self.batch is None:
-            return [list(arrays)]
+            return [(self.entry, list(arrays))]
         n = next(a.shape[0] for a, b in zip(arrays, self._batched, strict=True) if b)
         if n == 1:
-            return [list(arrays)]
-        return [[a[i:i + 1] if b else a for a, b in zip(arrays, self._batched, strict=True)]
-                for i in range(n)]
+            return [(self.entry, list(arrays))]
+        calls, i = [], 0
+        while i < n:
+            size, fn = next(((k, f) for k, f in self.buckets.items() if k <= n - i),
+                            (1, self.entry))
+            calls.append((fn, [a[i:i + size] if b else a
+                               for a, b in zip(arrays, self._batched, strict=True)]))
+            i += size
+        return calls
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Runs checked inputs: one library call, or one per sample (results stacked)."""
@@ -288,8 +303,7 @@ class Compiled:
             results = self._run_under_qemu(calls)
         else:
             vm = self._ensure_vm()
-            fn = vm[self.entry]
-            results = [_flatten(fn(*self._to_device(c))) for c in calls]
+            results = [_flatten(vm[fn](*self._to_device(args))) for fn, args in calls]
         if len(results) == 1:
             return results[0]
         if not results:  # a batch of 0 samples: empty outputs of the signature's shapes
@@ -337,7 +351,8 @@ class Compiled:
 
         return not is_arm_host() and find_env() is not None
 
-    def _run_under_qemu(self, calls: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    def _run_under_qemu(self, calls: Sequence[tuple[str, Sequence[np.ndarray]]]
+                        ) -> list[list[np.ndarray]]:
         """Cross-links the library once, then makes the calls in one qemu process.
 
         See :func:`slimfx.backends.tvm.arm.run_arm_batch`.
@@ -352,15 +367,15 @@ class Compiled:
                 self._arm_lib = export_arm_library(self._executable,
                                                    Path(self._arm_dir.name) / "model.so")
         lib = self._arm_lib
-        return run_arm_batch([ArmJob(lib, tuple(c), self.entry) for c in calls])
+        return run_arm_batch([ArmJob(lib, tuple(c), fn) for fn, c in calls])
 
     def benchmark(self, *args: Any, repeat: int = 10, number: int = 10,
                   warmup: int = 2) -> BenchmarkResult:
         """Times calls of the model (inputs on the device; transfers not counted).
 
-        With a batch symbol (:attr:`batch`), one call is the per-sample library call for
-        every sample of the inputs (the stacking of the results on the host is not
-        counted).
+        With a batch symbol (:attr:`batch`), one call is the per-sample (or per-bucket)
+        library calls for every sample of the inputs (the stacking of the results on the
+        host is not counted).
 
         Args:
             *args: inputs; random ones matching the signature when omitted (each symbol
@@ -373,11 +388,10 @@ class Compiled:
             args = self._random_inputs()
         arrays, _ = self._check(args)
         vm = self._ensure_vm()
-        fn = vm[self.entry]
-        calls = [self._to_device(c) for c in self._samples(arrays)]
+        calls = [(vm[fn], self._to_device(c)) for fn, c in self._samples(arrays)]
 
         def once() -> None:
-            for dev_args in calls:
+            for fn, dev_args in calls:
                 fn(*dev_args)
 
         for _ in range(max(warmup, 0)):
@@ -433,8 +447,8 @@ class Compiled:
             raise DeviceError("profile() runs the model on this host's VM; an aarch64 model "
                               "under qemu cannot be profiled (its timings mean nothing)")
         vm = self._ensure_vm()
-        arrays = self._samples(arrays)[0]  # with a batch symbol: the first sample's call
-        return profile_vm(vm, self.entry, self._to_device(arrays), self._device,
+        fn, arrays = self._samples(arrays)[0]  # with a batch symbol: the first call only
+        return profile_vm(vm, fn, self._to_device(arrays), self._device,
                           repeat=repeat, warmup=warmup)
 
     # ----------------------------------------------------------------- saving

@@ -261,14 +261,29 @@ def _unsupported(graph: Graph) -> list[Node]:
             or (n.op.name == "opaque" and not has_opaque_lowering(n))]
 
 
-def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
+def lower_graph(graph: Graph, func_name: str = "main", *,
+                more: Sequence[tuple[Graph, str]] = ()) -> tvm.IRModule:
     """Lowers ``graph`` to a Relax ``IRModule`` whose function ``func_name`` runs it.
+
+    Args:
+        graph: the graph.
+        func_name: the name of its Relax function.
+        more: further ``(graph, function name)`` pairs lowered into the same module (e.g.
+            the same graph bound to other batch sizes); kernels they share are added once.
 
     Raises:
         LoweringError: some nodes have no lowering (all are listed, with their
             source lines), or a lowering refused a node's attributes.
     """
     _ensure_builtin()
+    bb = relax.BlockBuilder()
+    for g, name in [(graph, func_name), *more]:
+        _check_lowerable(g)
+        _lower_function(bb, g, name)
+    return bb.get()
+
+
+def _check_lowerable(graph: Graph) -> None:
     qat = [n for n in graph.nodes if n.op.name in ("fake_quantize", "fold_bn", "conv2d_bn")]
     if qat:
         raise LoweringError(
@@ -286,7 +301,8 @@ def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
     for v in [*graph.inputs, *graph.outputs]:
         to_tvm_dtype(v.dtype)
 
-    bb = relax.BlockBuilder()
+
+def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str) -> None:
     ctx = LowerContext(bb)
     params = [relax.Var(_param_name(v), relax.TensorType(ctx.relax_shape(v.shape),
                                                          to_tvm_dtype(v.dtype)))
@@ -300,7 +316,6 @@ def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
-    return bb.get()
 
 
 def _prim_expr(e: Any, names: dict[str, Any]) -> Any:

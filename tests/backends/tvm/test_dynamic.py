@@ -311,7 +311,7 @@ def test_inputs_that_disagree_on_a_symbol() -> None:
 # --------------------------------------------------------------------------- shapes=
 def test_shapes_specialises_to_the_static_program(cnn) -> None:
     g, _ = cnn
-    bound, symbols, batch = _specialize(g, {"x": (1, 3, 8, 8)}, "auto")
+    bound, symbols, batch, _ = _specialize(g, {"x": (1, 3, 8, 8)}, "auto")
     assert symbols == {} and batch is None
     tvm.ir.assert_structural_equal(lower_graph(bound), lower_graph(_cnn(1)))
     c = slimfx.compile(g, "x86", shapes={"x": (1, 3, 8, 8)})
@@ -323,7 +323,7 @@ def test_shapes_specialises_to_the_static_program(cnn) -> None:
 
 def test_per_sample_batch_one_is_the_static_program(cnn) -> None:
     g, _ = cnn
-    bound, symbols, batch = _specialize(g, None, "auto")
+    bound, symbols, batch, _ = _specialize(g, None, "auto")
     assert batch == "N" and set(symbols) == {"N"}
     tvm.ir.assert_structural_equal(lower_graph(bound), lower_graph(_cnn(1)))
 
@@ -452,3 +452,37 @@ def test_int8_batch_model_on_arm_under_qemu(int8) -> None:
     c = slimfx.compile(g, "arm")
     x = _x(3, 30)  # three per-sample calls in one qemu process
     assert torch.equal(c(x), slimfx.to_torch(bind_symbols(g, {"N": 3}))(x))
+
+
+# --------------------------------------------------------------------------- batch buckets
+def test_batch_buckets_run_chunks_with_the_same_numbers(int8, tmp_path: Path) -> None:
+    g, per_sample = int8
+    c = slimfx.compile(g, "x86", batch_buckets=(4,))
+    assert c.buckets == {4: "main_b4"}
+    assert [(f, a[0].shape[0]) for f, a in c._samples([_x(9).numpy()])] == [
+        ("main_b4", 4), ("main_b4", 4), ("main", 1)]
+    for b in (1, 3, 4, 9):
+        x = _x(b, 50 + b)
+        assert torch.equal(c(x), per_sample(x)), f"batch {b}"
+    loaded = slimfx.load(c.save(tmp_path / "b"))
+    assert loaded.buckets == {4: "main_b4"}
+    assert torch.equal(loaded(_x(6, 7)), per_sample(_x(6, 7)))
+
+
+@pytest.mark.parametrize("buckets, match", [
+    ((32,), r"batch_buckets: 32 is not a batch size in the range of N \(\[1, 16\]\)"),
+    ((1,), r"batch_buckets: 1 is not a batch size"),
+])
+def test_bad_batch_buckets(cnn, buckets, match) -> None:
+    g, _ = cnn
+    with pytest.raises(SlimfxError, match=match):
+        slimfx.compile(g, "x86", batch_buckets=buckets)
+
+
+def test_batch_buckets_need_a_batch_symbol() -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType((g.add_symbol("N", 1, 8), 4)))
+    g.set_outputs([g.add("softmax", [x], {"axis": 0}, name="across")])
+    with pytest.raises(SlimfxError, match=r"batch_buckets needs a batch symbol.*%across = "
+                                          r"softmax.*axis=0 is the batch dim.*shapes= instead"):
+        slimfx.compile(g, "x86", batch_buckets=(4,))
