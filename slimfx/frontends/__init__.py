@@ -17,15 +17,22 @@ from torch.utils._pytree import tree_leaves
 
 from slimfx.errors import TraceError
 from slimfx.ir.core import Graph
+from slimfx.ir.symbolic import ShapeError
 
-__all__ = ["trace", "TraceError"]
+__all__ = ["DEFAULT_DYNAMIC_BATCH", "trace", "TraceError"]
 
 logger = logging.getLogger(__name__)
 
 
-def trace(model: torch.nn.Module, example_inputs: Any, method: str = "export", *,
-          name: str = "main") -> Graph:
-    """Turns ``model`` into a static-shape slimfx Graph.
+#: When True, ``trace()`` without ``dynamic_shapes`` makes dim 0 of every tensor input a
+#: dynamic batch wherever the model allows it (``Dim.AUTO``); when False (the default),
+#: it traces static shapes, as before.
+DEFAULT_DYNAMIC_BATCH = False
+
+
+def trace(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs: Any = None,
+          method: str = "export", *, name: str = "main", dynamic_shapes: Any = None) -> Graph:
+    """Turns ``model`` into a slimfx Graph (symbolic dims where ``dynamic_shapes`` says).
 
     Args:
         model: the module; it is put in eval mode (with a warning if it was training:
@@ -37,6 +44,19 @@ def trace(model: torch.nn.Module, example_inputs: Any, method: str = "export", *
             symbolic tracing).
         name: the graph name.
 
+        dynamic_shapes: torch.export's spec, passed on as it is: per input (a tuple in
+            argument order, or a dict by argument name), a dict ``{dim: Dim}`` or a
+            tuple of ``Dim`` / ``None``; ``Dim("B", min=1, max=64)``, ``Dim.AUTO``
+            (dynamic where the model allows), ``Dim.STATIC``. Dynamic dims become graph
+            symbols named after their ``Dim`` (see :mod:`slimfx.frontends.dynamic`).
+            ``None``: static shapes, or a dynamic batch dim 0 when
+            :data:`DEFAULT_DYNAMIC_BATCH` is on (dims that stay static are logged).
+            ``method="fx"`` reads only dim 0 entries of the spec (a batch symbol).
+
+    ``model`` may also be a ``torch.export.ExportedProgram`` (e.g. from
+    ``torch.export.load("model.pt2")``): it is lowered as it is, its size symbols
+    becoming graph symbols; ``example_inputs`` and ``method`` are then unused.
+
     Returns:
         A verified Graph whose inputs are named after ``forward()``'s arguments.
 
@@ -44,6 +64,10 @@ def trace(model: torch.nn.Module, example_inputs: Any, method: str = "export", *
         TraceError: the model cannot be traced; the message names the failing
             construct and its source line.
     """
+    if isinstance(model, torch.export.ExportedProgram):
+        from slimfx.frontends.export import lower_program
+
+        return lower_program(model, name)
     if method not in ("export", "fx"):
         raise TraceError(f"unknown trace method {method!r}; use 'export' or 'fx'")
     _check_model(model)
@@ -65,13 +89,29 @@ def trace(model: torch.nn.Module, example_inputs: Any, method: str = "export", *
             "inference graphs. For quantization-aware training trace it, then train the "
             "module of slimfx.prepare_qat(graph, data).", type(model).__name__)
     model.eval()
+    spec, auto = dynamic_shapes, False
+    if spec is None and DEFAULT_DYNAMIC_BATCH:
+        from slimfx.frontends.dynamic import default_spec
+
+        spec, auto = default_spec(model, args, kwargs), True
     if method == "export":
         from slimfx.frontends.export import trace_export
 
-        return trace_export(model, args, kwargs, name)
+        if not auto:
+            return trace_export(model, args, kwargs, name, spec)
+        try:
+            return trace_export(model, args, kwargs, name, spec)
+        except (TraceError, ShapeError) as e:
+            logger.info("trace(): a dynamic batch dim does not trace (%s); %s is traced "
+                        "with static shapes", str(e).splitlines()[0][:300], type(model).__name__)
+            return trace_export(model, args, kwargs, name, None)
     from slimfx.frontends.fx import trace_fx
 
-    return trace_fx(model, args, kwargs, name)
+    if spec is None:
+        return trace_fx(model, args, kwargs, name)
+    from slimfx.frontends.fx_dynamic import trace_fx_dynamic
+
+    return trace_fx_dynamic(model, args, kwargs, name, spec, auto)
 
 
 def _check_model(model: Any) -> None:

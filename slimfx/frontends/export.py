@@ -21,11 +21,13 @@ from torch.utils._pytree import tree_leaves
 
 from slimfx.errors import TraceError
 from slimfx.frontends.builder import GraphBuilder, module_path, user_location
+from slimfx.frontends.dynamic import is_violation, symbol_names, violation_error
 from slimfx.frontends.errors import condensed, failing_line, raise_refusals
 from slimfx.ir.core import Graph, Source, Value
+from slimfx.ir.symbolic import SymbolRange, torch_symbol_names
 from slimfx.ir.types import TensorType
 
-__all__ = ["trace_export"]
+__all__ = ["lower_program", "trace_export"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +46,18 @@ def _op_name(target: Any) -> str:
 
 
 def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                 name: str = "main") -> Graph:
-    """Traces ``model`` with torch.export and lowers the program to slimfx IR."""
-    from slimfx.frontends.lower import lower_graph
+                 name: str = "main", dynamic_shapes: Any = None) -> Graph:
+    """Traces ``model`` with torch.export and lowers the program to slimfx IR.
+
+    ``dynamic_shapes`` is torch.export's spec (see :mod:`slimfx.frontends.dynamic`).
+    """
+    def export() -> torch.export.ExportedProgram:
+        with torch.no_grad():
+            return torch.export.export(model.eval(), args, kwargs, strict=False,
+                                       dynamic_shapes=dynamic_shapes)
 
     try:
-        with torch.no_grad():
-            ep = torch.export.export(model.eval(), args, kwargs, strict=False)
+        ep = export()
     except GuardOnDataDependentSymNode as e:  # Python control flow on tensor values / sizes
         where = failing_line(e) or "a line of forward()"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -62,9 +69,30 @@ def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
             "(a mask instead of boolean indexing). method=\"fx\" folds Python values "
             "computed from the example inputs, which may trace a branch on sizes.") from e
     except Exception as e:  # torch raises many unrelated types here
+        if dynamic_shapes is not None and is_violation(e):
+            raise violation_error(e, export) from e
         raise TraceError(condensed(e, "torch.export", other='method="fx"')) from e
+    return lower_program(ep, name, dynamic_shapes, model, args, kwargs)
+
+
+def lower_program(ep: torch.export.ExportedProgram, name: str = "main", spec: Any = None,
+                  model: torch.nn.Module | None = None, args: tuple[Any, ...] = (),
+                  kwargs: dict[str, Any] | None = None) -> Graph:
+    """Lowers an exported program (its size symbols become graph symbols)."""
+    names, ranges, static = symbol_names(ep, spec, model, args, kwargs or {})
+    for line in static:
+        logger.info("trace: %s", line)
+    with torch_symbol_names(names):
+        return _lower(ep, name, ranges)
+
+
+def _lower(ep: torch.export.ExportedProgram, name: str,
+           ranges: dict[str, SymbolRange]) -> Graph:
+    from slimfx.frontends.lower import lower_graph
 
     g = Graph(name)
+    for sym, rng in sorted(ranges.items()):
+        g.add_symbol(sym, rng.min, rng.max)
     b = GraphBuilder(g)
     env: dict[fx.Node, Any] = {}
     placeholders = [n for n in ep.graph.nodes if n.op == "placeholder"]

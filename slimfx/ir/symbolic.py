@@ -26,9 +26,11 @@ them with :func:`symbol` so that equal names give equal symbols.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import re
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
@@ -55,12 +57,15 @@ __all__ = [
     "floordiv",
     "format_dim",
     "format_symbol",
+    "from_torch_dim",
+    "from_torch_expr",
     "is_static_dim",
     "normalize_dim",
     "parse_dim",
     "provably_equal",
     "symbol",
     "symbols_of",
+    "torch_symbol_names",
 ]
 
 #: A dimension: a static ``int`` or a sympy expression over declared symbols.
@@ -543,3 +548,71 @@ def symbols_of(types: Iterable[Any]) -> set[str]:
             if type(d) is not int:
                 out |= dim_symbols(d)
     return out
+
+
+# ------------------------------------------------------------------- torch symbols
+#: torch symbol name (``s77``) -> slimfx symbol name (``N``), while a frontend lowers.
+_TORCH_NAMES: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "slimfx_torch_symbol_names", default=None)
+
+
+@contextlib.contextmanager
+def torch_symbol_names(names: Mapping[str, str]) -> Iterator[None]:
+    """Within the block, :func:`from_torch_dim` renames torch's symbols by ``names``."""
+    token = _TORCH_NAMES.set(dict(names))
+    try:
+        yield
+    finally:
+        _TORCH_NAMES.reset(token)
+
+
+def from_torch_expr(e: Any, names: Mapping[str, str]) -> Any:
+    """A torch shape expression (sympy over ``s0, s1, ...``) in slimfx symbols.
+
+    Raises:
+        ShapeError: a symbol ``names`` does not map, or a function (``Mod``,
+            ``Max``...) the IR cannot express.
+    """
+    if e.is_Integer:
+        return sympy.Integer(int(e))
+    if e.is_Symbol:
+        if e.name not in names:
+            raise ShapeError(f"torch size symbol {e.name} is not one of the graph's symbols "
+                             f"({', '.join(sorted(set(names.values()))) or 'none'})")
+        return symbol(names[e.name])
+    if e.is_Add:
+        return sympy.Add(*(from_torch_expr(a, names) for a in e.args))
+    if e.is_Mul:
+        return sympy.Mul(*(from_torch_expr(a, names) for a in e.args))
+    if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
+        return from_torch_expr(e.args[0], names) ** int(e.args[1])
+    kind = type(e).__name__
+    if kind == "FloorDiv":
+        a, b = (from_torch_expr(x, names) for x in e.args)
+        return sympy.floor(a / b)
+    if kind == "CeilDiv":
+        a, b = (from_torch_expr(x, names) for x in e.args)
+        return sympy.floor((a + b - 1) / b)
+    raise ShapeError(f"torch size expression {e} uses {kind}, which the IR cannot express "
+                     "(only + - * // over ints and symbols)")
+
+
+def from_torch_dim(d: Any) -> Dim:
+    """A dimension of a torch (fake) tensor: ``int``, or a ``SymInt`` as a slimfx dim.
+
+    Raises:
+        ShapeError: a symbolic size outside :func:`torch_symbol_names` (or with a
+            symbol it does not name).
+    """
+    if type(d) is int:
+        return d
+    node = getattr(d, "node", None)
+    expr = getattr(node, "expr", None)
+    if expr is None:
+        return int(d)
+    if expr.is_Integer:
+        return int(expr)
+    names = _TORCH_NAMES.get()
+    if names is None:
+        raise ShapeError(f"symbolic torch size {expr} outside a slimfx frontend")
+    return normalize_dim(from_torch_expr(expr, names))

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slimfx.ir.symbolic import Dim, format_dim, normalize_dim
+from slimfx.ir.symbolic import Dim, format_dim, from_torch_dim, normalize_dim
 
 __all__ = ["DTYPES", "Dim", "TensorType", "QParams", "dtype_to_torch", "dtype_from_torch"]
 
@@ -93,7 +93,10 @@ class TensorType:
     @classmethod
     def of(cls, tensor: torch.Tensor) -> TensorType:
         """The type of a concrete (or fake/meta) tensor."""
-        return cls(tuple(tensor.shape), dtype_from_torch(tensor.dtype))
+        shape = tuple(tensor.shape)
+        if not all(type(d) is int for d in shape):  # SymInts of torch.export's fake tensors
+            shape = tuple(from_torch_dim(d) for d in shape)
+        return cls(shape, dtype_from_torch(tensor.dtype))
 
     def __str__(self) -> str:
         return f"{self.dtype}[{','.join(format_dim(d) for d in self.shape)}]"

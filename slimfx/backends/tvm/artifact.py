@@ -8,7 +8,15 @@ suffix such as ``.slim`` or ``.tar``)::
                   "tvm_version": ..., "target": {...}, "entry": "main",
                   "inputs": [{"name", "shape", "dtype", "qparams"}], "outputs": [...],
                   "target_features": ["avx2", ...], "library": "model.so",
-                  "library_sha256": "..."}
+                  "library_sha256": "...",
+                  "symbols": {"N": [1, 64], "S": [1, null]}, "batch": "N",
+                  "batch_buckets": {"8": "main_b8"}}
+
+A symbolic dimension of a signature is its text (``"shape": ["N", 3, 32, 32]``);
+``symbols`` declares every symbol with its range (``null``: no upper bound) and ``batch``
+names the batch symbol whose samples run one at a time (see :mod:`.specialize`), and
+``batch_buckets`` the library functions compiled for chunks of that many samples. Artifacts
+written before symbols existed have neither field and load as static models.
 
 **A ``.slim`` holds native code.** Loading one runs that code in this process, exactly like
 importing a shared library or a Python extension module: load only artifacts from a source
@@ -22,9 +30,11 @@ separate channel (:func:`sha256_file` on their side, or ``sha256sum``) and pass 
 holding exactly ``meta.json`` and ``model.so`` as regular files (no links, no other paths),
 readable JSON of the right format, the same slimfx and TVM versions, the library checksum,
 a target this host can run, and its CPU features (:class:`DeviceError` when the host lacks
-some). After opening it checks the metadata against the library: the entry function, its
-number of parameters and their names, and, by one call on inputs of the declared types,
-the inputs, number of outputs and the output shapes and dtypes the VM reports. Any other
+some), and symbols that are declared with valid ranges (a batch symbol exactly dim 0 of
+its inputs and of every output). After opening it checks the metadata against the library:
+the entry function, its number of parameters and their names, and, by one call on inputs
+of the declared types (every symbol at the smallest size of its range, at least 1), the
+inputs, number of outputs and the output shapes and dtypes the VM reports. Any other
 failure is an :class:`ArtifactError` saying what to do.
 """
 
@@ -44,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimfx.errors import ArtifactError, DeviceError
+from slimfx.ir.symbolic import SymbolRange, check_symbol_name, eval_dim
 
 if TYPE_CHECKING:
     from slimfx.backends.tvm.compiled import Compiled
@@ -143,6 +154,11 @@ def save(compiled: Compiled, path: str | os.PathLike[str]) -> Path:
             "target_features": target_cpu_features(compiled.target),
             "library": _LIB, "library_sha256": _sha256(lib),
         }
+        if compiled.symbols:
+            meta["symbols"] = {k: [r.min, r.max] for k, r in sorted(compiled.symbols.items())}
+            meta["batch"] = compiled.batch
+            if compiled.buckets:
+                meta["batch_buckets"] = {str(k): v for k, v in compiled.buckets.items()}
         text = json.dumps(meta, indent=2, sort_keys=True)
         try:
             if path.suffix:
@@ -239,14 +255,47 @@ def _check_meta(meta: dict[str, Any], where: Path) -> None:
                             "is corrupt") from e
 
 
-def _specs(meta: dict[str, Any], key: str, where: Path) -> list[Any]:
+def _symbols(meta: dict[str, Any], where: Path) -> tuple[dict[str, SymbolRange], str | None]:
+    """The declared symbols and the batch symbol; ``{}, None`` for artifacts without them."""
+    raw = meta.get("symbols", {})
+    batch = meta.get("batch")
+    if not isinstance(raw, dict) or not (batch is None or isinstance(batch, str)):
+        raise ArtifactError(f"{where}: bad symbols {raw!r} / batch {batch!r} in metadata; the "
+                            "artifact is corrupt")
+    symbols: dict[str, SymbolRange] = {}
+    for name, rng in raw.items():
+        ok = (isinstance(rng, list) and len(rng) == 2
+              and all(type(b) is int or (i == 1 and b is None) for i, b in enumerate(rng)))
+        problem = check_symbol_name(name) or (
+            SymbolRange(*rng).problem() if ok else f"range {rng!r} is not [min, max]")
+        if problem:
+            raise ArtifactError(f"{where}: bad symbol {name!r} in metadata ({problem}); the "
+                                "artifact is corrupt")
+        symbols[name] = SymbolRange(*rng)
+    if batch is not None and batch not in symbols:
+        raise ArtifactError(f"{where}: batch symbol {batch!r} is not among the declared "
+                            f"symbols ({', '.join(symbols) or 'none'}); the artifact is corrupt")
+    return symbols, batch
+
+
+def _buckets(meta: dict[str, Any], where: Path) -> dict[int, str]:
+    raw = meta.get("batch_buckets", {})
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in raw.items()):
+        raise ArtifactError(f"{where}: bad batch_buckets {raw!r} in metadata; the artifact is "
+                            "corrupt")
+    return {int(k): v for k, v in raw.items()}
+
+
+def _specs(meta: dict[str, Any], key: str, where: Path,
+           symbols: dict[str, SymbolRange] | None = None) -> list[Any]:
     from slimfx.backends.tvm.compiled import TensorSpec
 
     items = meta.get(key)
     if not isinstance(items, list):
         raise ArtifactError(f"{where}: metadata field {key!r} is missing; the artifact is corrupt")
     try:
-        return [TensorSpec.from_json(o) for o in items]
+        return [TensorSpec.from_json(o, symbols if symbols else None) for o in items]
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{where}: bad {key} signature in metadata ({e}); the artifact is "
                             "corrupt") from e
@@ -347,18 +396,27 @@ def _check_library(compiled: Compiled, lib: Any, where: Path) -> None:
                             f"{arity} input(s) ({', '.join(params)}), the metadata declares "
                             f"{len(names)} ({', '.join(names)}); the artifact is corrupt or "
                             "was modified")
-    args = [np.ones(s.type.shape, dtype=_numpy_dtype(s.type.dtype)) for s in compiled.inputs]
+    sizes = {k: max(r.min, 1) for k, r in compiled.symbols.items()}
+    args = [np.ones([eval_dim(d, sizes) for d in s.type.shape], dtype=_numpy_dtype(s.type.dtype))
+            for s in compiled.inputs]
     try:
         vm = compiled._ensure_vm()
-        outs = _flatten(vm[compiled.entry](*compiled._to_device(args)))
+        fn, first = compiled._samples(args)[0]
+        outs = _flatten(vm[fn](*compiled._to_device(first)))
+        for name in compiled.buckets.values():  # every bucket function is in the library
+            if int(vm_exec["get_function_arity"](name)) != arity:
+                raise ArtifactError(f"{where}: the library's bucket function {name!r} does "
+                                    f"not take {arity} input(s)")
     except (ArtifactError, DeviceError):
         raise
     except Exception as e:  # TVM's checks of the declared input types
         raise ArtifactError(f"{where}: the library refuses inputs of the types in its "
                             f"metadata ({_last_line(e)}); the artifact is "
                             "corrupt or was modified") from e
-    want = [(tuple(s.type.shape), np.dtype(_numpy_dtype(s.type.dtype)))
-            for s in compiled.outputs]
+    if compiled.batch is not None:
+        sizes[compiled.batch] = 1  # the library's one-sample program
+    want = [(tuple(eval_dim(d, sizes) for d in s.type.shape),
+             np.dtype(_numpy_dtype(s.type.dtype))) for s in compiled.outputs]
     got = [(tuple(o.shape), o.dtype) for o in outs]
     if got != want:
         def show(sig: list[tuple[tuple[int, ...], Any]]) -> str:
@@ -430,7 +488,10 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
         if meta.get("library") != _LIB or _sha256(lib_path) != meta.get("library_sha256"):
             raise ArtifactError(f"{path}: the library checksum does not match the metadata; the "
                                 "artifact is corrupt or was modified, save the model again")
-        inputs, outputs = _specs(meta, "inputs", path), _specs(meta, "outputs", path)
+        symbols, batch = _symbols(meta, path)
+        buckets = _buckets(meta, path)
+        inputs = _specs(meta, "inputs", path, symbols)
+        outputs = _specs(meta, "outputs", path, symbols)
         entry = meta.get("entry", "main")
         if not isinstance(entry, str):
             raise ArtifactError(f"{path}: bad entry {entry!r}")
@@ -440,7 +501,12 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
             lib = tvm.runtime.load_module(str(lib_path))
         except Exception as e:  # TVM raises its own error types
             raise ArtifactError(f"{path}: TVM cannot load the library: {e}") from e
-        compiled = Compiled(lib, inputs, outputs, meta["target"], entry=entry)
+        try:
+            compiled = Compiled(lib, inputs, outputs, meta["target"], entry=entry,
+                                symbols=symbols, batch=batch, buckets=buckets)
+        except ValueError as e:
+            raise ArtifactError(f"{path}: the signature does not fit its symbols ({e}); the "
+                                "artifact is corrupt") from e
         compiled.target_features = meta.get("target_features")
         _check_library(compiled, lib, path)
     return compiled

@@ -5,6 +5,14 @@ shape, dtype, device) *before* anything reaches TVM, so a wrong input is a
 :class:`RuntimeInputError` naming the input, never a crash inside the runtime; the target's
 CPU features are checked against the host before the first call. numpy in -> numpy out;
 torch in -> torch out. A ``Compiled`` may be called from several threads at once.
+
+A model compiled from a graph with symbolic dimensions (``f32[N,3,32,32] where N in
+[1, 64]``) keeps that signature and its symbols' ranges: a call binds the symbols from the
+input shapes and refuses sizes outside the ranges (or two inputs that disagree on a
+symbol) with a :class:`RuntimeInputError` naming the input, its symbolic type and the
+given shape. With a *batch* symbol (``batch``, see :mod:`.specialize`) the library holds
+the program for one sample, which runs once per sample; the results are stacked along
+dim 0. Other symbols are symbolic in the library itself.
 """
 
 from __future__ import annotations
@@ -22,6 +30,15 @@ import numpy as np
 
 from slimfx.errors import DeviceError, RuntimeInputError
 from slimfx.ir.signature import bind_inputs, shape_matches
+from slimfx.ir.symbolic import (
+    SymbolRange,
+    bind_shapes,
+    eval_dim,
+    format_dim,
+    format_symbol,
+    parse_dim,
+    symbols_of,
+)
 from slimfx.ir.types import QParams, TensorType
 
 if TYPE_CHECKING:
@@ -46,21 +63,31 @@ class TensorSpec:
     qparams: QParams | None = None
 
     def to_json(self) -> dict[str, Any]:
+        """The JSON form: a symbolic dimension is its text (``"N"``, ``"N*64"``)."""
         q = self.qparams
+        shape = [d if type(d) is int else format_dim(d) for d in self.type.shape]
         return {
-            "name": self.name, "shape": list(self.type.shape), "dtype": self.type.dtype,
+            "name": self.name, "shape": shape, "dtype": self.type.dtype,
             "qparams": None if q is None else {
                 "dtype": q.dtype, "scale": list(q.scale), "zero_point": list(q.zero_point),
                 "axis": q.axis, "qmin": q.qmin, "qmax": q.qmax},
         }
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any]) -> TensorSpec:
-        """Reads :meth:`to_json` output; raises ``ValueError``/``TypeError``/``KeyError`` if bad."""
+    def from_json(cls, obj: Mapping[str, Any],
+                  symbols: Mapping[str, SymbolRange] | None = None) -> TensorSpec:
+        """Reads :meth:`to_json` output; raises ``ValueError``/``TypeError``/``KeyError`` if bad.
+
+        Args:
+            obj: the JSON object.
+            symbols: the declared symbols; a text dimension may use only these.
+        """
         shape = obj["shape"]
         if not isinstance(shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                or (isinstance(d, str) and symbols is not None) for d in shape):
             raise ValueError(f"bad shape {shape!r}")
+        shape = [d if isinstance(d, int) else parse_dim(d, symbols) for d in shape]
         name = obj["name"]
         if not isinstance(name, str):
             raise TypeError(f"bad name {name!r}")
@@ -102,20 +129,33 @@ class Compiled:
     oversubscribing the cores.
 
     Attributes:
-        inputs: the input signature, in call order.
+        inputs: the input signature, in call order (symbolic dims where the graph had them).
         outputs: the output signature.
         target: the TVM target dict it was built for.
+        symbols: symbol name -> range, for every symbol of the signature.
+        batch: the batch symbol whose samples run one at a time through the per-sample
+            library, or ``None``.
+        buckets: batch size -> the library function compiled for that many samples
+            (``compile(..., batch_buckets=)``); a batch runs as chunks of the largest that
+            fits, the rest one sample at a time.
     """
 
     def __init__(self, library: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                  target: Mapping[str, Any], *, executable: Any = None,
-                 entry: str = "main") -> None:
+                 entry: str = "main", symbols: Mapping[str, SymbolRange] | None = None,
+                 batch: str | None = None, buckets: Mapping[int, str] | None = None) -> None:
         self._library = library  # a tvm.runtime.Module (loaded) or None (only the executable)
         self._executable = executable  # relax.Executable when freshly compiled
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.target = dict(target)
         self.entry = entry
+        self.symbols = dict(symbols or {})
+        self.batch = batch
+        self.buckets = dict(sorted((buckets or {}).items(), reverse=True))
+        self._check_symbols()
+        # which inputs carry the batch dim (the others go whole to every per-sample call)
+        self._batched = tuple(_is_batch_dim(s.type, batch) for s in self.inputs)
         self._device: Any = None
         self._runtime: Any = None  # the runnable module shared by the per-thread VMs
         self._local = threading.local()  # .vm: this thread's VirtualMachine
@@ -124,6 +164,68 @@ class Compiled:
         self.saved_sha256: str | None = None  # digest of the last single-file save
         self._arm_lib: Path | None = None  # aarch64 .so for qemu runs, linked on first call
         self._arm_dir: Any = None  # its TemporaryDirectory, removed with this object
+
+    def _check_symbols(self) -> None:
+        """Refuses a signature whose symbols are undeclared, or a batch symbol that is not one."""
+        used = symbols_of(s.type for s in (*self.inputs, *self.outputs))
+        missing = sorted(used - set(self.symbols))
+        if missing:
+            raise ValueError(f"signature uses undeclared symbol(s) {', '.join(missing)}")
+        if self.batch is None:
+            return
+        if self.batch not in self.symbols:
+            raise ValueError(f"batch symbol {self.batch!r} is not declared")
+        for spec in (*self.inputs, *self.outputs):
+            t = spec.type
+            if self.batch in symbols_of([t]) and not _is_batch_dim(t, self.batch):
+                raise ValueError(f"batch symbol {self.batch} is not only dim 0 of {spec.name} "
+                                 f"({t})")
+        if not all(_is_batch_dim(s.type, self.batch) for s in self.outputs):
+            raise ValueError(f"every output must have the batch symbol {self.batch} as dim 0")
+        for size, name in self.buckets.items():
+            if type(size) is not int or size < 2 or not isinstance(name, str) or \
+                    not self.symbols[self.batch].contains(size):
+                raise ValueError(f"bad batch bucket {size!r}: {name!r}")
+
+    def describe_symbols(self) -> str:
+        """``N in [1, 64], S >= 1``: the symbols and their ranges ('' when static)."""
+        return ", ".join(format_symbol(k, r) for k, r in sorted(self.symbols.items()))
+
+    def bind(self, arrays: Sequence[np.ndarray]) -> dict[str, int]:
+        """The value of every symbol, from input arrays of the signature's order.
+
+        Raises:
+            RuntimeInputError: a size outside its symbol's range, or two inputs that give
+                one symbol different sizes; the message names the input, its symbolic type
+                (with the ranges) and the given shape.
+        """
+        if not self.symbols:
+            return {}
+        bound: dict[str, int] = {}
+        fast = True  # plain symbol dims (the common case) are bound here, without sympy
+        for spec, a in zip(self.inputs, arrays, strict=True):
+            for i, d in enumerate(spec.type.shape):
+                if type(d) is int:
+                    continue
+                name = d.name if d.is_Symbol else None
+                if name is None or not self.symbols[name].contains(a.shape[i]) or \
+                        bound.setdefault(name, a.shape[i]) != a.shape[i]:
+                    fast = False
+        if fast:
+            return bound
+        sig = _Signature(self.inputs, self.symbols)
+        given: dict[str, tuple[int, ...]] = {}
+        for spec, a in zip(self.inputs, arrays, strict=True):
+            if not symbols_of([spec.type]):
+                continue
+            given[spec.name] = tuple(a.shape)
+            try:
+                bound = bind_shapes(sig, given)
+            except RuntimeInputError as e:
+                raise RuntimeInputError(
+                    f"input {spec.name!r}: expected {spec.type} where {self.describe_symbols()}, "
+                    f"got {np.dtype(a.dtype).name}{list(a.shape)}: {e}") from None
+        return bound
 
     # ----------------------------------------------------------------- running
     def _ensure_vm(self) -> Any:
@@ -173,8 +275,43 @@ class Compiled:
         arrays, any_torch = [], False
         for spec, arg in zip(self.inputs, bound, strict=True):
             any_torch |= _is_torch(arg)
-            arrays.append(_as_array(spec, arg))
+            arrays.append(_as_array(spec, arg, self.symbols))
+        self.bind(arrays)
         return arrays, any_torch
+
+    def _samples(self, arrays: Sequence[np.ndarray]) -> list[tuple[str, list[np.ndarray]]]:
+        """The library calls (function, arguments): with a batch symbol, one per sample or
+        per chunk of a bucket size."""
+        if self.batch is None:
+            return [(self.entry, list(arrays))]
+        n = next(a.shape[0] for a, b in zip(arrays, self._batched, strict=True) if b)
+        if n == 1:
+            return [(self.entry, list(arrays))]
+        calls, i = [], 0
+        while i < n:
+            size, fn = next(((k, f) for k, f in self.buckets.items() if k <= n - i),
+                            (1, self.entry))
+            calls.append((fn, [a[i:i + size] if b else a
+                               for a, b in zip(arrays, self._batched, strict=True)]))
+            i += size
+        return calls
+
+    def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Runs checked inputs: one library call, or one per sample (results stacked)."""
+        calls = self._samples(arrays)
+        if self._runs_under_qemu():
+            results = self._run_under_qemu(calls)
+        else:
+            vm = self._ensure_vm()
+            results = [_flatten(vm[fn](*self._to_device(args))) for fn, args in calls]
+        if len(results) == 1:
+            return results[0]
+        if not results:  # a batch of 0 samples: empty outputs of the signature's shapes
+            bound = self.bind(arrays)
+            return [np.zeros([eval_dim(d, bound) for d in s.type.shape],
+                             _numpy_dtype(s.type.dtype)) for s in self.outputs]
+        return [np.concatenate([r[k] for r in results], axis=0)
+                for k in range(len(self.outputs))]
 
     def _to_device(self, arrays: Sequence[np.ndarray]) -> list[Any]:
         import tvm
@@ -197,12 +334,7 @@ class Compiled:
                 not have.
         """
         arrays, as_torch = self._check(args, kwargs)
-        outs: list[Any]
-        if self._runs_under_qemu():
-            outs = self._run_under_qemu(arrays)
-        else:
-            vm = self._ensure_vm()
-            outs = list(_flatten(vm[self.entry](*self._to_device(arrays))))
+        outs: list[Any] = self._run(arrays)
         if as_torch:
             outs = [_to_torch(o) for o in outs]
         return outs[0] if len(self.outputs) == 1 else tuple(outs)
@@ -219,48 +351,67 @@ class Compiled:
 
         return not is_arm_host() and find_env() is not None
 
-    def _run_under_qemu(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Cross-links the library once, then runs it (see slimfx.backends.tvm.arm.run_arm)."""
+    def _run_under_qemu(self, calls: Sequence[tuple[str, Sequence[np.ndarray]]]
+                        ) -> list[list[np.ndarray]]:
+        """Cross-links the library once, then makes the calls in one qemu process.
+
+        See :func:`slimfx.backends.tvm.arm.run_arm_batch`.
+        """
         import tempfile
 
-        from slimfx.backends.tvm.arm import export_arm_library, run_arm
+        from slimfx.backends.tvm.arm import ArmJob, export_arm_library, run_arm_batch
 
         with self._lock:  # one cross-link, whichever thread calls first
             if self._arm_lib is None:
                 self._arm_dir = tempfile.TemporaryDirectory(prefix="slimfx-arm-")
                 self._arm_lib = export_arm_library(self._executable,
                                                    Path(self._arm_dir.name) / "model.so")
-        return run_arm(self._arm_lib, arrays, {"entry": self.entry})
+        lib = self._arm_lib
+        return run_arm_batch([ArmJob(lib, tuple(c), fn) for fn, c in calls])
 
     def benchmark(self, *args: Any, repeat: int = 10, number: int = 10,
                   warmup: int = 2) -> BenchmarkResult:
         """Times calls of the model (inputs on the device; transfers not counted).
 
+        With a batch symbol (:attr:`batch`), one call is the per-sample (or per-bucket)
+        library calls for every sample of the inputs (the stacking of the results on the
+        host is not counted).
+
         Args:
-            *args: inputs; random ones matching the signature when omitted.
+            *args: inputs; random ones matching the signature when omitted (each symbol
+                at the smallest size of its range, at least 1).
             repeat: number of measurements (the median is over these).
             number: calls per measurement.
             warmup: untimed calls first.
         """
         if not args:
-            rng = np.random.default_rng(0)
-            args = tuple(_random_input(s.type, rng) for s in self.inputs)
+            args = self._random_inputs()
         arrays, _ = self._check(args)
         vm = self._ensure_vm()
-        fn = vm[self.entry]
-        dev_args = self._to_device(arrays)
+        calls = [(vm[fn], self._to_device(c)) for fn, c in self._samples(arrays)]
+
+        def once() -> None:
+            for fn, dev_args in calls:
+                fn(*dev_args)
+
         for _ in range(max(warmup, 0)):
-            fn(*dev_args)
+            once()
         times = []
         for _ in range(max(repeat, 1)):
             self._device.sync()
             t0 = time.perf_counter()
             for _ in range(max(number, 1)):
-                fn(*dev_args)
+                once()
             self._device.sync()
             times.append((time.perf_counter() - t0) * 1e3 / max(number, 1))
         return BenchmarkResult(statistics.median(times), statistics.fmean(times), min(times),
                                max(times), statistics.pstdev(times), len(times), max(number, 1))
+
+    def _random_inputs(self) -> tuple[np.ndarray, ...]:
+        rng = np.random.default_rng(0)
+        sizes = {k: max(r.min, 1) for k, r in self.symbols.items()}
+        return tuple(_random_input(TensorType(tuple(eval_dim(d, sizes) for d in s.type.shape),
+                                              s.type.dtype), rng) for s in self.inputs)
 
     def profile(self, /, *args: Any, repeat: int = 10, warmup: int = 2,
                 **kwargs: Any) -> ProfileReport:
@@ -290,14 +441,14 @@ class Compiled:
         from slimfx.backends.tvm.profile import profile_vm
 
         if not args and not kwargs:
-            rng = np.random.default_rng(0)
-            args = tuple(_random_input(s.type, rng) for s in self.inputs)
+            args = self._random_inputs()
         arrays, _ = self._check(args, kwargs)
         if self._runs_under_qemu():
             raise DeviceError("profile() runs the model on this host's VM; an aarch64 model "
                               "under qemu cannot be profiled (its timings mean nothing)")
         vm = self._ensure_vm()
-        return profile_vm(vm, self.entry, self._to_device(arrays), self._device,
+        fn, arrays = self._samples(arrays)[0]  # with a batch symbol: the first call only
+        return profile_vm(vm, fn, self._to_device(arrays), self._device,
                           repeat=repeat, warmup=warmup)
 
     # ----------------------------------------------------------------- saving
@@ -315,7 +466,9 @@ class Compiled:
     def __repr__(self) -> str:
         ins = ", ".join(f"{s.name}: {s.type}" for s in self.inputs)
         outs = ", ".join(str(s.type) for s in self.outputs)
-        return f"Compiled(({ins}) -> ({outs}), target={self.target})"
+        where = f" where {self.describe_symbols()}" if self.symbols else ""
+        batch = f", per-sample over {self.batch}" if self.batch else ""
+        return f"Compiled(({ins}) -> ({outs}){where}{batch}, target={self.target})"
 
 
 def _is_torch(x: Any) -> bool:
@@ -347,8 +500,28 @@ def _torch_to_numpy(name: str, t: Any) -> np.ndarray:
         raise RuntimeInputError(f"input {name!r}: cannot read the tensor ({e})") from e
 
 
-def _as_array(spec: TensorSpec, arg: Any) -> np.ndarray:
-    """``arg`` as a C-contiguous numpy array of exactly ``spec``'s shape and dtype."""
+class _Signature:
+    """The inputs and symbols of a compiled model, as :func:`bind_shapes` reads a graph's."""
+
+    def __init__(self, inputs: Sequence[TensorSpec], symbols: Mapping[str, SymbolRange]) -> None:
+        self.inputs = inputs
+        self.symbols = symbols
+
+
+def _is_batch_dim(t: TensorType, batch: str | None) -> bool:
+    """Whether ``t``'s dim 0 is exactly the symbol ``batch``."""
+    if batch is None or t.rank == 0:
+        return False
+    d0 = t.shape[0]
+    return type(d0) is not int and bool(d0.is_Symbol) and d0.name == batch
+
+
+def _as_array(spec: TensorSpec, arg: Any,
+              symbols: Mapping[str, SymbolRange] | None = None) -> np.ndarray:
+    """``arg`` as a C-contiguous numpy array of ``spec``'s dtype and (static) dims.
+
+    Symbolic dims accept any size here; :meth:`Compiled.bind` checks them.
+    """
     want = _numpy_dtype(spec.type.dtype)
     if want is None:
         raise RuntimeInputError(f"input {spec.name!r}: dtype {spec.type.dtype} is not "
@@ -377,9 +550,14 @@ def _as_array(spec: TensorSpec, arg: Any) -> np.ndarray:
     if not shape_matches(spec.type.shape, arg.shape) or arg.dtype != want:
         rank = (f" (rank {arg.ndim}, expected rank {spec.type.rank})"
                 if arg.ndim != spec.type.rank else "")
+        where = ""
+        if symbols and symbols_of([spec.type]):
+            where = " where " + ", ".join(format_symbol(k, symbols[k]) for k in
+                                          sorted(symbols_of([spec.type])))
+        shown = "[" + ", ".join(format_dim(d) for d in spec.type.shape) + "]"
         raise RuntimeInputError(
-            f"input {spec.name!r}: expected {spec.type} "
-            f"({want.name}{list(spec.type.shape)}), got "
+            f"input {spec.name!r}: expected {spec.type}{where} "
+            f"({want.name}{shown}), got "
             f"{arg.dtype.name}{list(arg.shape)}{rank}; reshape/cast the input or recompile "
             "the graph for this shape")
     if not (arg.flags.c_contiguous and arg.flags.aligned):

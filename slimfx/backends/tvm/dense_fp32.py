@@ -114,9 +114,11 @@ def _const(e: Expr | None) -> np.ndarray | None:
 
 
 def applies(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, groups: int = 1) -> bool:
-    """The fast path: fp32, a constant weight with ``out channels % 8 == 0``, a constant or no
-    bias, groups 1, on an AVX2/FMA target."""
+    """The fast path: fp32 with static shapes, a constant weight with ``out channels % 8 == 0``,
+    a constant or no bias, groups 1, on an AVX2/FMA target."""
     if groups != 1 or ctx.dtype_of(x) != "float32" or _const(w) is None:
+        return False
+    if not ctx.is_static_shape(x):  # symbolic dims: the generic Relax op
         return False
     if b is not None and _const(b) is None:
         return False

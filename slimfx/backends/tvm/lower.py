@@ -16,6 +16,11 @@ return the consumer's result (``None`` declines: both are then lowered alone). T
 convolutions take their ``requantize`` this way, into the epilogue of their kernel.
 
 Graph inputs become the parameters of ``main`` (named like the inputs);
+a symbolic dimension (``N``, ``S*2``) becomes a TIR expression over one ``int64`` TIR
+variable per symbol (:meth:`LowerContext.dim`), so Relax infers and checks shapes
+symbolically and the VM binds the variables from the argument shapes at each call.
+Lowerings that need static shapes read them with :meth:`LowerContext.shape_of`, which
+refuses a symbolic one with a :class:`LoweringError` naming the node;
 constants become Relax constants, so TVM can fold and pre-pack weights; a
 graph with several outputs returns a tuple. Every node without a lowering
 (opaque nodes included) is reported at once in one :class:`LoweringError`.
@@ -108,10 +113,11 @@ def has_lowering(op: str) -> bool:
 class LowerContext:
     """What a lowering function may use: the block builder and constant helpers."""
 
-    __slots__ = ("bb", "_static")
+    __slots__ = ("bb", "_static", "_vars")
 
     def __init__(self, bb: relax.BlockBuilder) -> None:
         self.bb = bb
+        self._vars: dict[str, tvm.tirx.Var] = {}  # symbol name -> its TIR variable
         # is_static answers, keyed by the Relax expression itself (TVM objects hash and
         # compare by identity of the underlying node, whatever Python wrapper holds them).
         self._static: dict[Any, bool] = {}
@@ -202,8 +208,61 @@ class LowerContext:
 
     @staticmethod
     def shape_of(expr: relax.Expr) -> tuple[int, ...]:
-        """The static shape of a tensor expression."""
-        return tuple(int(d) for d in expr.ty.shape)
+        """The static shape of a tensor expression.
+
+        Raises:
+            LoweringError: a dimension is symbolic (this lowering needs static shapes).
+        """
+        dims = expr.ty.shape
+        if not all(isinstance(d, int | tvm.tirx.IntImm) for d in dims):
+            shown = ", ".join(str(int(d) if isinstance(d, tvm.tirx.IntImm) else d) for d in dims)
+            raise LoweringError(
+                f"this lowering needs static shapes, the operand has shape [{shown}]; compile "
+                "with shapes={input: concrete shape} (slimfx.compile) to specialise the "
+                "symbols")
+        return tuple(int(d) for d in dims)
+
+    @staticmethod
+    def is_static_shape(expr: relax.Expr) -> bool:
+        """Whether every dimension of a tensor expression is static (an int)."""
+        return all(isinstance(d, int | tvm.tirx.IntImm) for d in expr.ty.shape)
+
+    @staticmethod
+    def static_dim(expr: relax.Expr, axis: int) -> int:
+        """Dim ``axis`` of a tensor expression, which must be static (others may be symbolic).
+
+        Raises:
+            LoweringError: that dimension is symbolic.
+        """
+        d = expr.ty.shape[axis]
+        if not isinstance(d, int | tvm.tirx.IntImm):
+            raise LoweringError(f"this lowering needs a static dim {axis}, the operand's is "
+                                f"{d}; compile with shapes={{input: concrete shape}} "
+                                "(slimfx.compile) to specialise the symbols")
+        return int(d)
+
+    @staticmethod
+    def rank_of(expr: relax.Expr) -> int:
+        """The rank of a tensor expression (its shape may be symbolic)."""
+        return len(expr.ty.shape)
+
+    def dim(self, d: Any) -> Any:
+        """An IR dimension as a Relax shape entry: an ``int``, or a TIR expression."""
+        if type(d) is int:
+            return d
+        return _prim_expr(d, self._vars)
+
+    def relax_shape(self, dims: Sequence[Any]) -> list[Any]:
+        """An IR shape as a Relax shape (see :meth:`dim`)."""
+        return [self.dim(d) for d in dims]
+
+    def same_dim(self, a: Any, b: Any) -> bool:
+        """Whether two Relax shape entries are provably equal."""
+        if isinstance(a, int | tvm.tirx.IntImm) and isinstance(b, int | tvm.tirx.IntImm):
+            return int(a) == int(b)
+        from tvm.sym import Analyzer
+
+        return bool(Analyzer().can_prove_equal(a, b))
 
     def cast(self, expr: relax.Expr, dtype: str) -> relax.Expr:
         """``expr`` converted to ``dtype`` (IR or TVM name); unchanged when already there.
@@ -248,14 +307,29 @@ def _unsupported(graph: Graph) -> list[Node]:
             or (n.op.name == "opaque" and not has_opaque_lowering(n))]
 
 
-def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
+def lower_graph(graph: Graph, func_name: str = "main", *,
+                more: Sequence[tuple[Graph, str]] = ()) -> tvm.IRModule:
     """Lowers ``graph`` to a Relax ``IRModule`` whose function ``func_name`` runs it.
+
+    Args:
+        graph: the graph.
+        func_name: the name of its Relax function.
+        more: further ``(graph, function name)`` pairs lowered into the same module (e.g.
+            the same graph bound to other batch sizes); kernels they share are added once.
 
     Raises:
         LoweringError: some nodes have no lowering (all are listed, with their
             source lines), or a lowering refused a node's attributes.
     """
     _ensure_builtin()
+    bb = relax.BlockBuilder()
+    for g, name in [(graph, func_name), *more]:
+        _check_lowerable(g)
+        _lower_function(bb, g, name)
+    return bb.get()
+
+
+def _check_lowerable(graph: Graph) -> None:
     qat = [n for n in graph.nodes if n.op.name in ("fake_quantize", "fold_bn", "conv2d_bn")]
     if qat:
         raise LoweringError(
@@ -273,9 +347,11 @@ def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
     for v in [*graph.inputs, *graph.outputs]:
         to_tvm_dtype(v.dtype)
 
-    bb = relax.BlockBuilder()
+
+def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str) -> None:
     ctx = LowerContext(bb)
-    params = [relax.Var(_param_name(v), relax.TensorType(v.shape, to_tvm_dtype(v.dtype)))
+    params = [relax.Var(_param_name(v), relax.TensorType(ctx.relax_shape(v.shape),
+                                                         to_tvm_dtype(v.dtype)))
               for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
     fused: set[int] = set()  # consumers already lowered with their producer
@@ -293,7 +369,34 @@ def lower_graph(graph: Graph, func_name: str = "main") -> tvm.IRModule:
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
         bb.emit_func_output(gv)
-    return bb.get()
+
+
+def _prim_expr(e: Any, names: dict[str, Any]) -> Any:
+    """A sympy dimension (``+ - * //`` over ints and symbols) as a TIR ``int64`` expression."""
+    if e.is_Integer:
+        return tvm.tirx.IntImm("int64", int(e))
+    if e.is_Symbol:
+        var = names.get(e.name)
+        if var is None:
+            var = names[e.name] = tvm.tirx.Var(e.name, "int64")
+        return var
+    if e.is_Add or e.is_Mul:
+        args = [_prim_expr(a, names) for a in e.args]
+        out = args[0]
+        for a in args[1:]:
+            out = out + a if e.is_Add else out * a
+        return out
+    if e.is_Pow and e.args[1].is_Integer and int(e.args[1]) > 0:
+        base = _prim_expr(e.args[0], names)
+        out = base
+        for _ in range(int(e.args[1]) - 1):
+            out = out * base
+        return out
+    if type(e).__name__ == "floor":
+        num, den = e.args[0].as_numer_denom()
+        return tvm.tirx.floordiv(_prim_expr(num, names), _prim_expr(den, names))
+    raise LoweringError(f"dimension {e} has no TIR form (only + - * // over ints and "
+                        "symbols)")
 
 
 def _param_name(v: Value) -> str:
@@ -376,13 +479,16 @@ def _lower_node(ctx: LowerContext, node: Node, env: dict[int, relax.Expr]) -> No
 
 
 def _check_type(node: Node, out: Value, ctx: LowerContext, expr: relax.Expr) -> None:
-    shape, dtype = ctx.shape_of(expr), ctx.dtype_of(expr)
-    want = (tuple(out.shape), to_tvm_dtype(out.dtype))
-    if (shape, dtype) != want:
+    dims, dtype = list(expr.ty.shape), ctx.dtype_of(expr)
+    want_dims = ctx.relax_shape(out.shape)
+    if (dtype != to_tvm_dtype(out.dtype) or len(dims) != len(want_dims)
+            or not all(ctx.same_dim(a, b) for a, b in zip(dims, want_dims, strict=True))):
+        shape = ", ".join(str(int(d) if isinstance(d, tvm.tirx.IntImm) else d) for d in dims)
+        want = ", ".join(str(d) for d in out.shape)
         raise LoweringError(f"{node.describe()}: the lowering of {node.op.name!r} produced "
-                            f"{dtype}{list(shape)} for %{out.name}, the IR says "
-                            f"{want[1]}{list(want[0])}; the lowering is wrong for these "
-                            "attributes")
+                            f"{dtype}[{shape}] for %{out.name}, the IR says "
+                            f"{to_tvm_dtype(out.dtype)}[{want}]; the lowering is wrong for "
+                            "these attributes")
 
 
 def lowering_table() -> dict[str, Lowering]:

@@ -72,7 +72,7 @@ def requantize_expr(ctx: LowerContext, v: Expr, multiplier: tuple[int, ...],
                     shift: tuple[int, ...], axis: int | None, out_zero_point: int, qmin: int,
                     qmax: int) -> Expr:
     """``clamp(rshift_round(v * M0, n) + zp, qmin, qmax)`` on an int64 expression ``v``."""
-    rank = len(ctx.shape_of(v))
+    rank = ctx.rank_of(v)
     m = _channel(ctx, multiplier, axis, rank, "int64")
     half = _half(shift)
     half_c = _channel(ctx, tuple(half.tolist()), axis, rank, "int64")
@@ -96,7 +96,7 @@ def _observer(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 @register_lowering("quantize")
 def _quantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
-    rank = len(ctx.shape_of(x))
+    rank = ctx.rank_of(x)
     x = ctx.cast(x, "float32")
     s = _channel(ctx, a["scale"], a["axis"], rank, "float32")
     z = _channel(ctx, a["zero_point"], a["axis"], rank, "float32")
@@ -109,7 +109,7 @@ def _quantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 @register_lowering("dequantize")
 def _dequantize(ctx: LowerContext, node: Node, q: Expr) -> Expr:
     a = node.attrs
-    rank = len(ctx.shape_of(q))
+    rank = ctx.rank_of(q)
     s = _channel(ctx, a["scale"], a["axis"], rank, "float32")
     z = _channel(ctx, a["zero_point"], a["axis"], rank, "int64")
     v = ctx.emit(R.subtract(ctx.cast(q, "int64"), z))
@@ -128,7 +128,7 @@ def _requantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 def _bias(ctx: LowerContext, acc: Expr, b: Expr | None, channel_axis: int) -> Expr:
     if b is None:
         return acc
-    rank = len(ctx.shape_of(acc))
+    rank = ctx.rank_of(acc)
     shape = [1] * rank
     shape[channel_axis % rank] = -1
     return ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), shape)))
@@ -138,10 +138,11 @@ def _qconv(nd: int):
     """``qconv{nd}d``: the depthwise kernel (:mod:`.depthwise_int8`) on CPUs for a
     depthwise constant int8 weight, im2col + packed VNNI dense for a dense constant int8
     weight (:mod:`.conv_int8`), the direct int32 convolution otherwise (other grouped
-    convolutions, run-time weights, out channels not a multiple of 16)."""
+    convolutions, run-time weights, out channels not a multiple of 16, symbolic shapes)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
         if isinstance(w, tvm.ir.expr.Constant) and nd == 2 and conv_int8.cpu_target() \
+                and ctx.is_static_shape(x) \
                 and depthwise_int8.applies(ctx.shape_of(x), w.value.numpy(), a["groups"],
                                            ctx.dtype_of(x)):
             out = depthwise_int8.depthwise_conv(
@@ -149,7 +150,8 @@ def _qconv(nd: int):
                 dilation=a["dilation"], x_zero_point=a["x_zero_point"])
             if out is not None:
                 return out
-        if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x):
+        if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x) \
+                and ctx.is_static_shape(x):  # symbolic dims: the direct convolution
             wn = w.value.numpy()
             if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
                 return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"],
@@ -265,6 +267,8 @@ def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = N
         wn = w.value.numpy()
         if ctx.is_static(x):  # folded at build time on a generic CPU: the portable form
             pass
+        elif not ctx.is_static_shape(x):  # symbolic dims: the generic (exact) int32 matmul
+            pass
         elif conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
             return _avx2_qlinear(ctx, node, x, wn, b)
         elif wn.shape[0] % 16 == 0 and ctx.dtype_of(x) in ("int8", "uint8") and \
@@ -317,7 +321,7 @@ def _qcat(ctx: LowerContext, node: Node, *xs: Expr) -> Expr:
         v = _shifted(ctx, x, z, "int64")
         parts.append(requantize_expr(ctx, v, (m,), (n,), None, a["out_zero_point"], a["qmin"],
                                      a["qmax"]))
-    rank = len(ctx.shape_of(xs[0]))
+    rank = ctx.rank_of(xs[0])
     y = ctx.emit(R.concat(parts, a["axis"] % rank))
     return R.astype(y, to_tvm_dtype(a["out_dtype"]))
 
@@ -325,7 +329,7 @@ def _qcat(ctx: LowerContext, node: Node, *xs: Expr) -> Expr:
 @register_lowering("qavg_pool2d")
 def _qavg_pool2d(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
-    channels = ctx.shape_of(x)[1]
+    channels = ctx.static_dim(x, 1)
     kh, kw = a["kernel"]
     ones = ctx.const(np.ones((channels, 1, kh, kw)), "int32")
     xs = _shifted(ctx, x, a["in_zero_point"], "int32")
@@ -340,7 +344,7 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
                    per_token: bool) -> Expr:
     """``x @ dequant(w)^T`` with ``x`` quantized at run time (torch's ``dynamic_matmul``)."""
     x = ctx.cast(x, "float32")
-    rank = len(ctx.shape_of(x))
+    rank = ctx.rank_of(x)
     ax = ctx.emit(R.abs(x))
 
     def amax_of(t: Expr) -> Expr:
@@ -355,11 +359,12 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
     q_nan = ctx.emit(R.isnan(q))
     nan_row = ctx.emit(R.max(R.astype(q_nan, "int8"), [rank - 1], keepdims=True))
     q = ctx.emit(R.where(q_nan, ctx.scalar(0.0, "float32"), q))
-    shape = ctx.shape_of(x)
-    m, k = int(np.prod(shape[:-1])), shape[-1]
-    if isinstance(w, tvm.ir.expr.Constant) and conv_int8.vnni_target() \
-            and ctx.dtype_of(w) == "int8" and ctx.shape_of(w)[0] % 16 == 0 \
-            and not ctx.is_static(x):
+    fast = ctx.is_static_shape(x) and not ctx.is_static(x)  # else the generic matmul
+    if fast:
+        shape = ctx.shape_of(x)
+        m, k = int(np.prod(shape[:-1])), shape[-1]
+    if fast and isinstance(w, tvm.ir.expr.Constant) and conv_int8.vnni_target() \
+            and ctx.dtype_of(w) == "int8" and ctx.shape_of(w)[0] % 16 == 0:
         # u = q + 128 in [1, 255] as uint8 on the vpdpbusd kernel, minus 128 * colsum(w):
         # the same integer sums, exact in int32, hence the same numbers as the float64 sum
         wn = w.value.numpy()
@@ -367,8 +372,8 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
         corr = -128 * wn.astype(np.int64).sum(axis=1)
         acc_i = conv_int8.vnni_matmul(ctx, ctx.emit(R.reshape(u, [m, k])), wn, corr)
         acc = ctx.emit(R.reshape(ctx.cast(acc_i, "float64"), [*shape[:-1], wn.shape[0]]))
-    elif isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
-            and ctx.shape_of(w)[0] % 8 == 0 and not ctx.is_static(x):
+    elif fast and isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
+            and ctx.shape_of(w)[0] % 8 == 0:
         # integer products summed in int32: the same numbers as the float64 sum (exact)
         qi = ctx.emit(R.reshape(ctx.cast(q, "int16"), [m, k]))
         acc_i = conv_int8.avx2_matmul(ctx, qi, w.value.numpy(), None)

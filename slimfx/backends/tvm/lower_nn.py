@@ -100,7 +100,7 @@ def _ones(ctx: LowerContext, shape: tuple[int, ...], dtype: str, value: float = 
 def _batch_norm(ctx: LowerContext, node: Node, x: Expr, mean: Expr, var: Expr,
                 weight: Expr | None = None, bias: Expr | None = None) -> Expr:
     dt = ctx.dtype_of(x)
-    rank = len(ctx.shape_of(x))
+    rank = ctx.rank_of(x)
     shape = [1] * rank
     shape[1] = -1
 
@@ -247,10 +247,10 @@ register_lowering("adaptive_max_pool2d")(_adaptive_max(2))
 
 # ----------------------------------------------------------------------------- attention
 def _repeat_heads(ctx: LowerContext, t: Expr, heads: int) -> Expr:
-    shape = ctx.shape_of(t)
-    if shape[-3] == heads:
+    have = ctx.static_dim(t, -3)
+    if have == heads:
         return t
-    return ctx.emit(R.repeat(t, heads // shape[-3], axis=len(shape) - 3))
+    return ctx.emit(R.repeat(t, heads // have, axis=ctx.rank_of(t) - 3))
 
 
 @register_lowering("sdpa")
@@ -258,18 +258,22 @@ def _sdpa(ctx: LowerContext, node: Node, q: Expr, k: Expr, v: Expr,
           mask: Expr | None = None) -> Expr:
     a = node.attrs
     dt = ctx.dtype_of(q)
-    qs, ks = ctx.shape_of(q), ctx.shape_of(k)
     if a["enable_gqa"]:
-        k, v = _repeat_heads(ctx, k, qs[-3]), _repeat_heads(ctx, v, qs[-3])
-    rank = len(ks)
+        heads = ctx.static_dim(q, -3)
+        k, v = _repeat_heads(ctx, k, heads), _repeat_heads(ctx, v, heads)
+    rank = ctx.rank_of(k)
     perm = list(range(rank - 2)) + [rank - 1, rank - 2]
-    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(qs[-1])
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(ctx.static_dim(q, -1))
     s = ctx.emit(R.multiply(R.matmul(q, ctx.permute(k, perm)), ctx.scalar(scale, dt)))
     neg_inf = ctx.scalar(-np.inf, dt)
     if a["is_causal"]:
-        lq, lk = qs[-2], ks[-2]
-        causal = np.tril(np.ones((lq, lk), dtype=bool))
-        s = ctx.emit(R.where(ctx.const(causal, "bool"), s, neg_inf))
+        lq, lk = q.ty.shape[-2], k.ty.shape[-2]
+        if ctx.is_static_shape(q) and ctx.is_static_shape(k):
+            causal = ctx.const(np.tril(np.ones((int(lq), int(lk)), dtype=bool)), "bool")
+        else:  # a symbolic length: the same lower triangle, built at run time
+            causal = ctx.emit(R.greater(R.tril(R.ones(R.shape([lq, lk]), "int8")),
+                                        ctx.scalar(0, "int8")))
+        s = ctx.emit(R.where(causal, s, neg_inf))
     if mask is not None:
         if ctx.dtype_of(mask) == "bool":
             s = ctx.emit(R.where(mask, s, neg_inf))

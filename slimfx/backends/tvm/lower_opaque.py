@@ -70,7 +70,7 @@ def _opaque(ctx: LowerContext, node: Node, *inputs: Expr) -> Expr:
 @register_opaque_lowering("aten.gather.default")
 def _gather(ctx: LowerContext, node: Node, x: Expr, dim: int, index: Expr,
             sparse_grad: bool = False) -> Expr:
-    rank = len(ctx.shape_of(x))
+    rank = ctx.rank_of(x)
     return R.gather_elements(x, index, axis=dim % rank)
 
 
@@ -104,14 +104,14 @@ def _index(ctx: LowerContext, node: Node, x: Expr, indices: list[Expr | None]) -
 
 @register_opaque_lowering("aten.cumsum.default")
 def _cumsum(ctx: LowerContext, node: Node, x: Expr, dim: int, dtype: Any = None) -> Expr:
-    rank = len(ctx.shape_of(x))
+    rank = ctx.rank_of(x)
     out = to_tvm_dtype(node.outputs[0].dtype)
     return R.cumsum(ctx.cast(x, out), axis=dim % rank, dtype=out)
 
 
 @register_opaque_lowering("aten._weight_norm.default")
 def _weight_norm(ctx: LowerContext, node: Node, v: Expr, g: Expr, dim: int = 0) -> Expr:
-    rank = len(ctx.shape_of(v))
+    rank = ctx.rank_of(v)
     axes = [a for a in range(rank) if a != dim % rank]
     norm = ctx.emit(R.sqrt(R.sum(R.multiply(v, v), axes, keepdims=True)))
     return R.multiply(v, R.divide(g, norm))

@@ -26,7 +26,7 @@ R = relax.op
 
 @register_lowering("reshape")
 def _reshape(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.reshape(x, list(node.outputs[0].shape))
+    return R.reshape(x, ctx.relax_shape(node.outputs[0].shape))
 
 
 @register_lowering("permute")
@@ -36,7 +36,7 @@ def _permute(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("expand")
 def _expand(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.broadcast_to(x, list(node.outputs[0].shape))
+    return R.broadcast_to(x, ctx.relax_shape(node.outputs[0].shape))
 
 
 @register_lowering("cat")
@@ -48,7 +48,7 @@ def _cat(ctx: LowerContext, node: Node, *xs: Expr) -> Expr:
 
 @register_lowering("split")
 def _split(ctx: LowerContext, node: Node, x: Expr) -> list[Expr]:
-    axis = norm_axis(node.attrs["axis"], len(ctx.shape_of(x)))
+    axis = norm_axis(node.attrs["axis"], ctx.rank_of(x))
     sizes = list(node.attrs["sizes"])
     outs = []
     start = 0
@@ -61,9 +61,8 @@ def _split(ctx: LowerContext, node: Node, x: Expr) -> list[Expr]:
 @register_lowering("slice")
 def _slice(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
-    shape = ctx.shape_of(x)
-    axis = norm_axis(a["axis"], len(shape))
-    start, end, step = slice(a["start"], a["end"], a["step"]).indices(shape[axis])
+    axis = norm_axis(a["axis"], ctx.rank_of(x))
+    start, end, step = slice(a["start"], a["end"], a["step"]).indices(ctx.static_dim(x, axis))
     if step <= 0:
         raise LoweringError(f"slice step must be positive, got {a['step']}")
     if len(range(start, end, step)) == 0:
@@ -73,11 +72,10 @@ def _slice(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("select")
 def _select(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    shape = ctx.shape_of(x)
-    axis = norm_axis(node.attrs["axis"], len(shape))
-    index = node.attrs["index"] % shape[axis]
+    axis = norm_axis(node.attrs["axis"], ctx.rank_of(x))
+    index = node.attrs["index"] % ctx.static_dim(x, axis)
     part = ctx.emit(R.strided_slice(x, [axis], [index], [index + 1]))
-    return R.reshape(part, list(node.outputs[0].shape))
+    return R.reshape(part, ctx.relax_shape(node.outputs[0].shape))
 
 
 def _reducer(fn):
@@ -114,7 +112,7 @@ def _embedding(ctx: LowerContext, node: Node, indices: Expr, weight: Expr) -> Ex
 @register_lowering("pad")
 def _pad(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
-    rank = len(ctx.shape_of(x))
+    rank = ctx.rank_of(x)
     pads = list(a["pads"])
     width = [0] * (2 * rank)
     for i in range(len(pads) // 2):  # torch order: last axis first, (before, after)
@@ -159,7 +157,7 @@ _RESIZE = {
 @register_lowering("interpolate")
 def _interpolate(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
-    if len(ctx.shape_of(x)) != 4:
+    if ctx.rank_of(x) != 4:
         raise LoweringError("interpolate is lowered for 4-D (NCHW) inputs only")
     if a["mode"] not in _RESIZE:
         raise LoweringError(f"interpolate mode {a['mode']!r} is not supported; known: "
