@@ -88,6 +88,8 @@ def lower_program(ep: torch.export.ExportedProgram, name: str = "main", spec: An
 
 def _lower(ep: torch.export.ExportedProgram, name: str,
            ranges: dict[str, SymbolRange]) -> Graph:
+    from slimfx.frontends.lower import lower_graph
+
     g = Graph(name)
     for sym, rng in sorted(ranges.items()):
         g.add_symbol(sym, rng.min, rng.max)

@@ -29,6 +29,7 @@ from slimfx.errors import TraceError
 from slimfx.frontends.aten import RULES, Call, bind, packet_name
 from slimfx.frontends.builder import GraphBuilder, Unmapped
 from slimfx.ir.core import Source, Value
+from slimfx.ir.symbolic import from_torch_dim
 from slimfx.ir.types import TensorType
 
 __all__ = ["lower_graph", "lower_call"]
@@ -127,6 +128,8 @@ def _materialize(x: Any) -> Any:
 def lower_call(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                meta: Any, used: frozenset[int] | None) -> Any:
     """Lowers one call whose tensor arguments are Values; returns the result structure."""
+    if isinstance(meta, torch.SymInt):  # a size (sym_size, arithmetic on sizes): torch's
+        return from_torch_dim(meta)     # own expression of it, in the graph's symbols
     if not isinstance(op, torch._ops.OpOverload):
         if not any(isinstance(x, Value) for x in tree_leaves((args, kwargs))):
             return op(*args, **kwargs)  # python arithmetic on static sizes
