@@ -56,7 +56,7 @@ def test_ptq_int8_equals_static_traces_bit_for_bit(net) -> None:
     model, g, samples = net
     assert str(g.inputs[0].type) == "f32[N,3,8,8]"  # traced at batch 500
     for b in SIZES:
-        data = list(samples.split(b))  # the same float batches calibrate both graphs
+        data = list(samples[:21].split(b))  # the same float batches calibrate both graphs
         dyn = slimfx.quantize(g, data)
         assert dyn.symbols == g.symbols and dyn.find("qconv2d")
         ref = slimfx.to_torch(slimfx.quantize(_static(model, b), data))
