@@ -165,3 +165,43 @@ def test_default_dynamic_batch_switch(monkeypatch, caplog) -> None:
         p = slimfx.trace(Pinned(), (torch.randn(3, 4), torch.randn(4, 1)))
     assert [str(v.type) for v in p.inputs] == ["f32[N,4]", "f32[4,1]"]
     assert "dim 0 of input 'b' is static (4)" in caplog.text
+
+
+def test_fx_method_gives_the_batch_symbol_export_gives() -> None:
+    torch.manual_seed(0)
+    model = Cnn().eval()
+    spec = ({0: Dim("N", min=1, max=64)},)
+    g = slimfx.trace(model, torch.randn(4, 3, 8, 8), method="fx", dynamic_shapes=spec)
+    export = slimfx.trace(model, torch.randn(4, 3, 8, 8), dynamic_shapes=spec)
+    def body(graph: slimfx.ir.Graph) -> list[str]:  # the methods order constants differently
+        return [ln for ln in str(graph).splitlines() if not ln.startswith("  const ")]
+
+    assert body(g) == body(export) and sorted(g.constants) == sorted(export.constants)
+    for n in (1, 3, 7):
+        _close(model, g, torch.randn(n, 3, 8, 8))
+    tokens = Tokens().eval()
+    t = slimfx.trace(tokens, (torch.randint(0, 50, (3, 6)), torch.ones(3, 6)), method="fx",
+                     dynamic_shapes=({0: Dim.AUTO}, {0: Dim.AUTO}))
+    assert "reshape(%mul) {shape=[N*6,16]} : f32[N*6,16]" in str(t)
+    _close(tokens, t, torch.randint(0, 50, (5, 6)), torch.rand(5, 6))
+
+
+class _Half(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[: x.shape[0] // 2]
+
+
+class _SizedConstant(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x.new_ones(x.shape[0], 1).cumsum(0)
+
+
+@pytest.mark.parametrize("model, why", [
+    (_Half(), r"attribute end of %\w+ .* is 2, 2, 3 at batch sizes 4, 5, 6, not a\*N \+ c"),
+    (_SizedConstant(), r"constant %\w+ .*depends on the batch size"),
+])
+def test_fx_method_refuses_what_does_not_generalize(model: nn.Module, why: str) -> None:
+    with pytest.raises(TraceError, match=why):
+        slimfx.trace(model, torch.randn(4, 3), method="fx", dynamic_shapes=({0: Dim("N")},))
+    with pytest.raises(TraceError, match="dim 0 .* only: use method=\"export\""):
+        slimfx.trace(model, torch.randn(4, 3), method="fx", dynamic_shapes=({1: Dim("S")},))
