@@ -582,7 +582,14 @@ def _narrow(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
 def _select(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
     x = _val(a["self"])
     axis = a["dim"] % x.type.rank
-    return b.add("select", [x], {"axis": axis, "index": a["index"] % x.shape[axis]})
+    size, index = x.shape[axis], a["index"]
+    if type(size) is int or (type(index) is int and index >= 0):
+        return b.add("select", [x], {"axis": axis, "index": index % size if type(size) is int
+                                     else index})
+    # x[:, -1] on a symbolic axis: a one-wide slice at size + index, then drop the axis
+    start = size + index
+    part = b.add("slice", [x], {"axis": axis, "start": start, "end": start + 1, "step": 1})
+    return b.add("reshape", [part], {"shape": list(c.type.shape)})
 
 
 @rule("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "lift_fresh",

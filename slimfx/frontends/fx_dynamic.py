@@ -80,13 +80,13 @@ def trace_fx_dynamic(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict
         raise TraceError(f"dynamic_shapes with method=\"fx\": the range {rng} of {sym} is too "
                          "narrow to trace at three batch sizes; widen it or use "
                          "method=\"export\"")
-    graphs = []
-    for b in sizes:
-        a2 = tuple(_resize(x, b) if p in marked else x
-                   for p, x in zip(params, args, strict=False))
-        k2 = {k: _resize(v, b) if k in marked else v for k, v in kwargs.items()}
-        graphs.append(trace_fx(model, a2, k2, name))
     try:
+        graphs = []
+        for b in sizes:
+            a2 = tuple(_resize(x, b) if p in marked else x
+                       for p, x in zip(params, args, strict=False))
+            k2 = {k: _resize(v, b) if k in marked else v for k, v in kwargs.items()}
+            graphs.append(trace_fx(model, a2, k2, name))
         g = _generalize(graphs, sizes, sym, rng)
     except TraceError:
         if not auto:

@@ -158,9 +158,10 @@ def test_default_dynamic_batch_switch(monkeypatch, caplog) -> None:
     x = torch.randn(2, 3, 8, 8)
     assert slimfx.trace(model, x).inputs[0].type.is_static  # off by default
     monkeypatch.setattr(slimfx.frontends, "DEFAULT_DYNAMIC_BATCH", True)
-    g = slimfx.trace(model, x)
-    assert str(g.inputs[0].type) == "f32[N,3,8,8]"
-    _close(model, g, torch.randn(7, 3, 8, 8))
+    for method in ("export", "fx"):
+        g = slimfx.trace(model, x, method=method)
+        assert str(g.inputs[0].type) == "f32[N,3,8,8]", method
+        _close(model, g, torch.randn(7, 3, 8, 8))
     with caplog.at_level(logging.INFO, logger="slimfx.frontends"):
         p = slimfx.trace(Pinned(), (torch.randn(3, 4), torch.randn(4, 1)))
     assert [str(v.type) for v in p.inputs] == ["f32[N,4]", "f32[4,1]"]
@@ -205,3 +206,26 @@ def test_fx_method_refuses_what_does_not_generalize(model: nn.Module, why: str) 
         slimfx.trace(model, torch.randn(4, 3), method="fx", dynamic_shapes=({0: Dim("N")},))
     with pytest.raises(TraceError, match="dim 0 .* only: use method=\"export\""):
         slimfx.trace(model, torch.randn(4, 3), method="fx", dynamic_shapes=({1: Dim("S")},))
+
+
+def test_indexing_a_symbolic_axis_golden() -> None:
+    class Ends(nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return x[0], x[:, -1], x[:, -2:], x[:, :-1]
+
+    g = slimfx.trace(Ends(), torch.randn(3, 7, 4),
+                     dynamic_shapes=({0: Dim("B", min=1, max=9), 1: Dim("S", min=3, max=20)},))
+    assert str(g) == """\
+graph @main(%x: f32[B,S,4]) where B in [1, 9], S in [3, 20] {
+  %select = select(%x) {axis=0, index=0} : f32[S,4]
+  %slice = slice(%x) {axis=1, start=S - 1, end=S, step=1} : f32[B,1,4]
+  %reshape = reshape(%slice) {shape=[B,4]} : f32[B,4]
+  %slice_1 = slice(%x) {axis=1, start=S - 2, end=S, step=1} : f32[B,2,4]
+  %slice_2 = slice(%x) {axis=1, start=0, end=S - 1, step=1} : f32[B,S - 1,4]
+  return %select, %reshape, %slice_1, %slice_2
+}
+"""
+    assert str(parse(str(g))) == str(g)
+    y = torch.randn(5, 11, 4)
+    for got, want in zip(slimfx.to_torch(g)(y), Ends()(y), strict=True):
+        assert torch.equal(got, want)
