@@ -10,7 +10,9 @@ be ``a*b + c`` for integers ``a > 0``, ``c`` at all three sizes, and becomes
 a structure that changes with the batch (a branch on the size), a constant computed
 from it, or a size that is not affine in it. Three points check the affine fit at one
 more size than the two that define it; use ``method="export"``, whose shape analysis
-is symbolic, when that is not enough.
+is symbolic, when that is not enough. A constant holding one value everywhere whose
+shape follows the batch (an LSTM's zero initial state, ``x.new_zeros(B, H)``) becomes
+that value expanded to the symbolic shape.
 
 Only dim 0 entries of the spec are read (a batch); every marked input shares one
 symbol, named after the first ``Dim`` of the spec (``N`` otherwise), with that
@@ -19,8 +21,10 @@ symbol, named after the first ``Dim`` of the spec (``N`` otherwise), with that
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -128,6 +132,11 @@ def _resize(x: torch.Tensor, b: int) -> torch.Tensor:
     return torch.cat([x] * reps)[:b]
 
 
+@contextlib.contextmanager
+def _nowhere() -> Iterator[None]:
+    yield
+
+
 def _fit(values: list[int], sizes: list[int], n: Any, where: str) -> Any:
     """``a*n + c`` through the three (size, value) points, or a TraceError."""
     a = values[1] - values[0]  # the sizes are consecutive
@@ -168,14 +177,21 @@ def _generalize(graphs: list[Graph], sizes: list[int], sym: str, rng: SymbolRang
     g = graphs[0].clone()
     g.add_symbol(sym, rng.min, rng.max)
     n = symbol(sym)
+    fills: list[tuple[str, TensorType]] = []
     for name, c in g.constants.items():
         others = [h.constants.get(name) for h in graphs[1:]]
-        if any(o is None or o.type != c.type or not torch.equal(o.const, c.const)
+        if all(o is not None and o.type == c.type and torch.equal(o.const, c.const)
                for o in others):
-            src = f" ({c.producer.source})" if c.producer is not None else ""
-            raise TraceError(f"dynamic_shapes with method=\"fx\": constant %{name}{src} "
-                             "depends on the batch size (a tensor computed from it at trace "
-                             "time); use method=\"export\"")
+            continue
+        consts = [c.const] + [o.const if o is not None else None for o in others]
+        if all(t is not None and _fill_value(t) is not None for t in consts) and len(
+                {_fill_value(t) for t in consts}) == 1:  # zeros(B, H): an expanded scalar
+            fills.append((name, _type([TensorType.of(t) for t in consts], sizes, n,
+                                      f"constant %{name}")))
+            continue
+        raise TraceError(f"dynamic_shapes with method=\"fx\": constant %{name} depends on the "
+                         "batch size (a tensor computed from it at trace time); use "
+                         "method=\"export\"")
     nodes = [list(h.nodes) for h in graphs]
     if len({len(ns) for ns in nodes}) != 1 or len({len(h.inputs) for h in graphs}) != 1:
         raise TraceError("dynamic_shapes with method=\"fx\": the graph changes with the "
@@ -184,8 +200,31 @@ def _generalize(graphs: list[Graph], sizes: list[int], sym: str, rng: SymbolRang
         v.type = _type([v.type] + [o.type for o in others], sizes, n, f"input %{v.name}")
     for node, *others in zip(g.nodes, *nodes[1:], strict=True):
         _generalize_node(node, others, sizes, n)
+    for name, t in fills:
+        _expand_fill(g, g.constants[name], t)
     g.verify()
     return g
+
+
+def _fill_value(t: torch.Tensor) -> Any:
+    """The one value every element of ``t`` holds, or None."""
+    if t.numel() == 0 or t.dim() == 0:
+        return None
+    first = t.flatten()[0]
+    return first.item() if bool((t == first).all()) else None
+
+
+def _expand_fill(g: Graph, c: Any, t: TensorType) -> None:
+    """Replaces constant ``c`` (one value everywhere) by that value expanded to ``t``."""
+    scalar = g.add_constant(c.const.flatten()[:1].reshape([1] * t.rank).clone(),
+                            f"{c.name}.value")
+    first = next(iter(g.nodes), None)
+    name = c.name
+    with g.inserting_before(first) if first is not None else _nowhere():
+        v = g.add("expand", [scalar], {"shape": list(t.shape)}, name=f"{name}.expand")
+    g.replace_all_uses_with(c, v)
+    g.remove_constant(c)
+    g.rename(v, name)
 
 
 def _generalize_node(node: Node, others: list[Node], sizes: list[int], n: Any) -> None:

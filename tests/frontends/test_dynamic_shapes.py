@@ -229,3 +229,24 @@ graph @main(%x: f32[B,S,4]) where B in [1, 9], S in [3, 20] {
     y = torch.randn(5, 11, 4)
     for got, want in zip(slimfx.to_torch(g)(y), Ends()(y), strict=True):
         assert torch.equal(got, want)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 8, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h0 = x.new_zeros(1, x.shape[0], 8)  # a batch-sized zero state
+        return self.lstm(x, (h0, h0))[0][:, -1]
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_batch_sized_zero_state_becomes_an_expanded_scalar(method: str) -> None:
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    g = slimfx.trace(model, torch.randn(4, 5, 6), method=method,
+                     dynamic_shapes=({0: Dim("N", min=1, max=64)},))
+    assert re.search(r"= expand\(%[\w.]+\) \{shape=\[1,N,8\]\} : f32\[1,N,8\]", str(g)), str(g)
+    for n in (1, 3):
+        _close(model, g, torch.randn(n, 5, 6))
