@@ -15,7 +15,7 @@ from torch.export import Dim
 from torch.utils.data import DataLoader, TensorDataset
 
 import slimfx
-from slimfx.errors import CalibrationError
+from slimfx.errors import CalibrationError, PruningError
 from slimfx.ir.core import Graph
 from slimfx.passes.prune.finetune import finetune
 
@@ -132,6 +132,15 @@ def test_finetune_and_qat_train_at_one_size_and_run_at_others(net) -> None:
     tuned = g.clone()
     result = finetune(tuned, loader, epochs=1, progress=False, lr=1e-3)
     assert result.steps == 4
+    dicts = [{"x": x, "labels": y} for x, y in loader]  # Hugging Face collator layout
+    again = g.clone()
+    finetune(again, dicts, epochs=1, progress=False, lr=1e-3)
+    for name, v in again.constants.items():  # the same steps from the same start
+        torch.testing.assert_close(v.const, tuned.constants[name].const)
+    with pytest.raises(PruningError, match="batch 0 is a dict without 'labels'.*input_fn"):
+        finetune(g.clone(), [{"x": samples[:2]}], progress=False)
+    flipped = [(y, x) for x, y in loader]
+    finetune(g.clone(), flipped, progress=False, input_fn=lambda b: (b[1], b[0]))
     qat = slimfx.prepare_qat(g, loader)
     m = slimfx.to_torch(qat)
     m.train()
