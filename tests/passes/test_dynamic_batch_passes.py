@@ -153,3 +153,11 @@ def test_finetune_and_qat_train_at_one_size_and_run_at_others(net) -> None:
         x = torch.randn(b, 3, 8, 8)
         full = run(torch.cat([x, samples[:2]]))
         assert torch.equal(run(x), full[:b])  # each row's integers do not depend on the batch
+
+
+def test_macs_of_a_symbolic_graph_are_counted_at_a_batch_size(net) -> None:
+    from slimfx.passes.prune import count_macs
+
+    model, g, _ = net
+    assert count_macs(g) == count_macs(_static(model, 1))  # N at its minimum, 1
+    assert count_macs(g, {"N": 3}) == count_macs(_static(model, 3)) == 3 * count_macs(g)
