@@ -179,14 +179,16 @@ def _generalize(graphs: list[Graph], sizes: list[int], sym: str, rng: SymbolRang
     n = symbol(sym)
     fills: list[tuple[str, TensorType]] = []
     for name, c in g.constants.items():
-        others = [h.constants.get(name) for h in graphs[1:]]
-        if all(o is not None and o.type == c.type and torch.equal(o.const, c.const)
-               for o in others):
+        found = [h.constants.get(name) for h in graphs[1:]]
+        consts = [c.const] + [o.const if o is not None else None for o in found]
+        tensors = [t for t in consts if t is not None]
+        if len(tensors) == len(consts) and all(
+                TensorType.of(t) == c.type and torch.equal(t, tensors[0]) for t in tensors):
             continue
-        consts = [c.const] + [o.const if o is not None else None for o in others]
-        if all(t is not None and _fill_value(t) is not None for t in consts) and len(
-                {_fill_value(t) for t in consts}) == 1:  # zeros(B, H): an expanded scalar
-            fills.append((name, _type([TensorType.of(t) for t in consts], sizes, n,
+        values = {_fill_value(t) for t in tensors}
+        if len(tensors) == len(consts) and len(values) == 1 and None not in values:
+            # zeros(B, H): one value whose shape follows the batch, an expanded scalar
+            fills.append((name, _type([TensorType.of(t) for t in tensors], sizes, n,
                                       f"constant %{name}")))
             continue
         raise TraceError(f"dynamic_shapes with method=\"fx\": constant %{name} depends on the "
@@ -196,10 +198,11 @@ def _generalize(graphs: list[Graph], sizes: list[int], sym: str, rng: SymbolRang
     if len({len(ns) for ns in nodes}) != 1 or len({len(h.inputs) for h in graphs}) != 1:
         raise TraceError("dynamic_shapes with method=\"fx\": the graph changes with the "
                          "batch size (a branch on the size?); use method=\"export\"")
-    for v, *others in zip(g.inputs, *(h.inputs for h in graphs[1:]), strict=True):
-        v.type = _type([v.type] + [o.type for o in others], sizes, n, f"input %{v.name}")
-    for node, *others in zip(g.nodes, *nodes[1:], strict=True):
-        _generalize_node(node, others, sizes, n)
+    for i, v in enumerate(g.inputs):
+        v.type = _type([v.type] + [h.inputs[i].type for h in graphs[1:]], sizes, n,
+                       f"input %{v.name}")
+    for j, node in enumerate(g.nodes):
+        _generalize_node(node, [ns[j] for ns in nodes[1:]], sizes, n)
     for name, t in fills:
         _expand_fill(g, g.constants[name], t)
     g.verify()
