@@ -22,6 +22,7 @@ import torch
 from slimfx.errors import TraceError
 from slimfx.frontends.builder import GraphBuilder, Unmapped
 from slimfx.ir.core import Value
+from slimfx.ir.symbolic import ShapeError, provably_equal
 from slimfx.ir.types import TensorType, dtype_from_torch
 
 __all__ = ["Call", "RULES", "bind", "packet_name"]
@@ -538,11 +539,29 @@ def _unbind(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
 
 def _slice_to(b: GraphBuilder, x: Value, axis: int, start: Any, end: Any, step: int) -> Value:
     size = x.shape[axis]
+    if not all(type(v) is int or v is None for v in (size, start, end)):
+        return _slice_symbolic(b, x, axis, start, end, step)
     lo, hi, st = slice(start, end, step).indices(size)
     if (lo, hi, st) == (0, size, 1):
         return x
     hi = max(hi, lo)
     return b.add("slice", [x], {"axis": axis, "start": lo, "end": hi, "step": st})
+
+
+def _slice_symbolic(b: GraphBuilder, x: Value, axis: int, start: Any, end: Any,
+                    step: int) -> Value:
+    """A slice with a symbolic size or bound: negative int bounds count from the size."""
+    size = x.shape[axis]
+    start = 0 if start is None else start
+    end = size if end is None or (type(end) is int and end >= 1 << 62) else end
+    start = size + start if type(start) is int and start < 0 else start
+    end = size + end if type(end) is int and end < 0 else end
+    if start == 0 and step == 1 and provably_equal(end, size):
+        return x
+    try:
+        return b.add("slice", [x], {"axis": axis, "start": start, "end": end, "step": step})
+    except ShapeError as e:
+        raise Unmapped(str(e)) from e
 
 
 @rule("slice")
@@ -563,7 +582,14 @@ def _narrow(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
 def _select(b: GraphBuilder, a: dict[str, Any], c: Call) -> Any:
     x = _val(a["self"])
     axis = a["dim"] % x.type.rank
-    return b.add("select", [x], {"axis": axis, "index": a["index"] % x.shape[axis]})
+    size, index = x.shape[axis], a["index"]
+    if type(size) is int or (type(index) is int and index >= 0):
+        return b.add("select", [x], {"axis": axis, "index": index % size if type(size) is int
+                                     else index})
+    # x[:, -1] on a symbolic axis: a one-wide slice at size + index, then drop the axis
+    start = size + index
+    part = b.add("slice", [x], {"axis": axis, "start": start, "end": start + 1, "step": 1})
+    return b.add("reshape", [part], {"shape": list(c.type.shape)})
 
 
 @rule("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "lift_fresh",

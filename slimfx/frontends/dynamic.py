@@ -179,7 +179,7 @@ def violation_error(e: BaseException, export: Any) -> TraceError:
     fixes = [ln.strip() for ln in text.splitlines() if re.match(r"\s+\w+ = ", ln)]
     where = _where_specialised(export)
     loc = f" at {where}" if where else ""
-    reason = "; ".join(reasons[:3]) or text.splitlines()[0]
+    reason = ("; ".join(reasons[:3]) or text.splitlines()[0]).rstrip(".")
     fix = f" (torch suggests: {', '.join(fixes[:4])})" if fixes else ""
     return TraceError(f"dynamic_shapes: the spec marks {dims} as dynamic but the model fixes "
                       f"it{loc}: {reason}{fix}. Declare that dim static (Dim.STATIC or leave "

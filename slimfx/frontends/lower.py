@@ -29,6 +29,7 @@ from slimfx.errors import TraceError
 from slimfx.frontends.aten import RULES, Call, bind, packet_name
 from slimfx.frontends.builder import GraphBuilder, Unmapped
 from slimfx.ir.core import Source, Value
+from slimfx.ir.symbolic import eval_dim, from_torch_dim
 from slimfx.ir.types import TensorType
 
 __all__ = ["lower_graph", "lower_call"]
@@ -120,13 +121,17 @@ def _materialize(x: Any) -> Any:
     if isinstance(x, Value):
         if x.const is not None:
             return x.const
-        return torch.zeros(x.shape, dtype=x.type.torch_dtype)
+        # a stand-in: symbolic dims at 1 (only dtype / rank matter where this is used)
+        return torch.zeros([d if type(d) is int else 1 for d in x.shape],
+                           dtype=x.type.torch_dtype)
     return x
 
 
 def lower_call(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
                meta: Any, used: frozenset[int] | None) -> Any:
     """Lowers one call whose tensor arguments are Values; returns the result structure."""
+    if isinstance(meta, torch.SymInt):  # a size (sym_size, arithmetic on sizes): torch's
+        return from_torch_dim(meta)     # own expression of it, in the graph's symbols
     if not isinstance(op, torch._ops.OpOverload):
         if not any(isinstance(x, Value) for x in tree_leaves((args, kwargs))):
             return op(*args, **kwargs)  # python arithmetic on static sizes
@@ -143,6 +148,10 @@ def lower_call(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str
         return _placeholder_result(b, op, args, kwargs, meta)
     _check_static(b, name, meta)
     operands = [x for x in tree_leaves((args, kwargs)) if isinstance(x, Value)]
+    if _symbolic(meta) and name == "arange" and not operands:
+        return _arange(b, op, args, kwargs, meta)
+    if _symbolic(meta) and name in _FILLS:
+        return _fill(b, op, args, kwargs, meta)
     if not operands or name in _SHAPE_FACTORIES:
         result = _run(op, args, kwargs)
         hint = b.name_hint(name, primary=False)
@@ -161,6 +170,63 @@ def lower_call(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str
             b.rollback(mark)
             logger.debug("%s stays opaque: %s", op, e)
     return b.opaque(op, args, kwargs, meta)
+
+
+def _symbolic(meta: Any) -> bool:
+    return isinstance(meta, torch.Tensor) and not TensorType.of(meta).is_static
+
+
+#: Factories of a constant fill; with a symbolic size they become an expanded scalar.
+_FILLS = {"zeros", "ones", "full", "empty", "new_zeros", "new_ones", "new_full", "new_empty",
+          "zeros_like", "ones_like", "full_like", "empty_like"}
+
+
+def _fill(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+          meta: Any) -> Value:
+    """``zeros(B, S)``, ``ones_like(x)``...: a one-element constant expanded to the size."""
+    name = packet_name(op)
+    a = bind(op, args, kwargs)
+    value = a.get("fill_value", 1 if "ones" in name else 0)
+    t = TensorType.of(meta)
+    c = b.constant(torch.full([1] * t.rank, value, dtype=t.torch_dtype), b.name_hint(name))
+    return b.add("expand", [c], {"shape": list(t.shape)}) if t.rank else c
+
+
+def _arange(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+            meta: Any) -> Value:
+    """``torch.arange`` with a symbolic bound (``arange(S)``): a slice of a constant.
+
+    The constant runs to the largest end the symbols' ranges allow, so the bound must
+    be bounded (``Dim("S", max=512)``).
+    """
+    a = bind(op, args, kwargs)
+    start, end, step = a.get("start") or 0, a["end"], a.get("step") or 1
+    top = _upper_bound(b, end)
+    if type(start) is not int or type(step) is not int or step < 1 or top is None:
+        raise TraceError(
+            f"aten.arange at {b.source}: arange(start={start}, end={end}, step={step}) has a "
+            "symbolic size; slimfx builds it as a slice of a constant arange, which needs "
+            "an integer start and step >= 1 and an upper bound on the symbols: declare "
+            "it in dynamic_shapes, e.g. Dim(\"S\", max=512), or keep that dim static")
+    dtype = TensorType.of(meta).torch_dtype
+    c = b.constant(torch.arange(0, max(top, start), 1, dtype=dtype), b.name_hint("arange"))
+    return b.add("slice", [c], {"axis": 0, "start": start, "end": end, "step": step})
+
+
+def _upper_bound(b: GraphBuilder, d: Any) -> int | None:
+    """The largest value of dim ``d`` over the graph's symbol ranges (None: unbounded)."""
+    if type(d) is int:
+        return d
+    env = {}
+    for s in d.free_symbols:
+        rng = b.graph.symbols.get(s.name)
+        if rng is None or rng.max is None:
+            return None
+        env[s.name] = rng.max
+    if not d.is_Symbol and not (d.is_polynomial() and all(c >= 0 for c in
+                                                          d.as_poly().coeffs())):
+        return None  # only monotone (non-negative polynomial) dims are bounded so
+    return int(eval_dim(d, env))
 
 
 def data_dependent_message(what: str, where: str) -> str:

@@ -59,6 +59,7 @@ _KINDS = {
     "str": (str,),
     "ints": (tuple,),
     "dims": (tuple,),
+    "dim": (object,),
     "floats": (tuple,),
     "dtype": (str,),
     "any": (object,),
@@ -69,9 +70,10 @@ _KINDS = {
 class AttrDef:
     """One typed attribute of an op.
 
-    ``kind`` is one of int, float, bool, str, ints, floats, dims, dtype, any.
+    ``kind`` is one of int, float, bool, str, ints, floats, dim, dims, dtype, any.
     ``dims`` is a list of dimensions: ints or symbolic expressions such as
-    ``N*64`` (``reshape``/``expand`` targets). A default of ``None`` makes the
+    ``N*64`` (``reshape``/``expand`` targets); ``dim`` is one (``slice`` bounds such
+    as ``S`` or ``S - 1``). A default of ``None`` makes the
     attribute optional (None allowed).
     """
 
@@ -101,6 +103,16 @@ class AttrDef:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"{op}: attribute {self.name!r} expects an int, got {value!r}")
             return int(value)
+        if self.kind == "dim":
+            if isinstance(value, bool) or isinstance(value, tuple | str | float):
+                raise TypeError(f"{op}: attribute {self.name!r} expects an int or a symbolic "
+                                f"dim, got {value!r}")
+            if type(value) is int:
+                return value
+            try:
+                return normalize_dim(value)
+            except ShapeError as e:
+                raise TypeError(f"{op}: attribute {self.name!r}: {e}") from e
         if self.kind == "dims":
             if isinstance(value, int) and not isinstance(value, bool):
                 value = (value,)

@@ -271,15 +271,20 @@ def _slice(ts: Types, a: Attrs) -> list[TensorType]:
     ax = norm_axis(a["axis"], ts[0].rank)
     shape = list(ts[0].shape)
     size = shape[ax]
-    if type(size) is not int:
-        # A symbolic axis: only slices from a non-negative start to the end are
-        # expressible without min/max: ceil((size - start) / step) for size >= start.
-        start, end, step = a["start"], a["end"], a["step"]
-        if not (start >= 0 and end >= _TO_END and step >= 1):
+    start, end, step = a["start"], a["end"], a["step"]
+    if type(size) is not int or type(start) is not int or type(end) is not int:
+        # Symbolic: no min/max, so the bounds are taken as 0 <= start <= end <= size
+        # (the frontend checks the result against torch's, which proved it over the
+        # symbols' ranges): ceil((end - start) / step); an end >= 2**62 is the size.
+        if type(end) is int and end >= _TO_END:
+            end = size
+        negative = [f"{k}={format_dim(v)}" for k, v in (("start", start), ("end", end))
+                    if type(v) is int and v < 0]
+        if negative or step < 1:
             raise ShapeError(f"slice: axis {ax} of {ts[0]} is symbolic ({format_dim(size)}); "
-                             f"only [start:] with start >= 0 and step >= 1 is supported there, "
-                             f"got start={start}, end={end}, step={step}")
-        shape[ax] = ceildiv(size - start, step)
+                             f"bounds must be >= 0 and step >= 1 there, got "
+                             f"start={format_dim(start)}, end={format_dim(end)}, step={step}")
+        shape[ax] = ceildiv(end - start, step)
         return [ts[0].with_shape(tuple(shape))]
     shape[ax] = len(range(*slice(a["start"], a["end"], a["step"]).indices(shape[ax])))
     return [ts[0].with_shape(tuple(shape))]
@@ -300,7 +305,7 @@ _op("expand", ["x"], (A("shape", "dims"),), _SHAPE, _expand)
 _op("cat", ["xs*"], (A("axis", "int"),), _SHAPE + [T.QUANTIZABLE], _cat)
 _op("split", ["x"], (A("axis", "int"), A("sizes", "ints")), _SHAPE, _split, num_results=-1,
     doc="one result per size; covers chunk and unbind-free splits")
-_op("slice", ["x"], (A("axis", "int"), A("start", "int"), A("end", "int"), A("step", "int", 1)),
+_op("slice", ["x"], (A("axis", "int"), A("start", "dim"), A("end", "dim"), A("step", "int", 1)),
     _SHAPE, _slice, doc="python slicing on one axis (end is clipped)")
 _op("select", ["x"], (A("axis", "int"), A("index", "int")), _SHAPE, _select,
     doc="x.select(axis, index): drops the axis")

@@ -54,6 +54,8 @@ class FoldConstants(Pass):
             return False
         if not node.inputs or not all(v.is_const for v in node.inputs):
             return False
+        if not all(o.type.is_static for o in node.outputs):  # e.g. buffer[:, :S]
+            return False
         return sum(o.type.numel for o in node.outputs) <= self.max_numel
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:

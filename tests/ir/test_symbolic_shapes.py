@@ -267,6 +267,8 @@ def _infer(op: str, types: list[TensorType], **attrs: object) -> list[TensorType
     ("split", [(N, 6)], dict(axis=1, sizes=[2, 4]), (N, 2)),
     ("slice", [(N, 6)], dict(axis=1, start=1, end=5, step=2), (N, 2)),
     ("slice", [(N, 6)], dict(axis=0, start=0, end=END, step=2), (sympy.floor((N + 1) / 2), 6)),
+    ("slice", [(1, 64)], dict(axis=1, start=0, end=S, step=1), (1, S)),  # buffer[:, :S]
+    ("slice", [(B, S)], dict(axis=1, start=1, end=S - 1, step=1), (B, S - 2)),  # x[:, 1:-1]
     ("select", [(B, S, 4)], dict(axis=1, index=0), (B, 4)),
     ("mean", [(B, S, 4)], dict(axes=[1], keepdim=True), (B, 1, 4)),
     ("sum", [(B, S, 4)], dict(axes=[]), ()),
@@ -343,7 +345,7 @@ def test_every_registered_op_fails_cleanly_on_symbols() -> None:
 
 def _some(kind: str) -> object:
     return {"int": 1, "float": 1.0, "bool": False, "str": "x", "ints": (1, 1), "floats": (1.0,),
-            "dims": (-1,), "dtype": "f32", "any": 0}[kind]
+            "dims": (-1,), "dim": N, "dtype": "f32", "any": 0}[kind]
 
 
 # ------------------------------------------------------------------ binding

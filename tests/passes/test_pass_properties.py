@@ -3,7 +3,8 @@
 For every generated graph and pass: the result verifies (SLIMFX_VERIFY=1 checks
 after each pass), prints and parses back to the same text, computes the same
 outputs as the original through the torch backend, and fold-bn/fuse-activation
-are idempotent.
+are idempotent. The same holds with a symbolic batch (``f32[N,c,5,5]``): every pass
+keeps the symbol, and the result computes the original's outputs at several sizes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ PASSES = ["dce", "fold-constants", "remove-identity", "fold-bn", "fuse-activatio
 
 
 @st.composite
-def graphs(draw: st.DrawFn) -> Graph:
+def graphs(draw: st.DrawFn, symbolic: bool = False) -> Graph:
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
 
     def rand(*shape: int) -> torch.Tensor:
@@ -29,7 +30,8 @@ def graphs(draw: st.DrawFn) -> Graph:
 
     g = Graph()
     c0 = draw(st.integers(1, 4))
-    values: list[Value] = [g.add_input("x", TensorType((2, c0, 5, 5)))]
+    batch = g.add_symbol("N", 1, 64) if symbolic else 2
+    values: list[Value] = [g.add_input("x", TensorType((batch, c0, 5, 5)))]
     weights: list[Value] = []
     for _ in range(draw(st.integers(1, 7))):
         kind = draw(st.sampled_from(["conv", "conv", "bn", "act", "add", "cat", "identity",
@@ -69,7 +71,7 @@ def graphs(draw: st.DrawFn) -> Graph:
         values.append(v)
     last = values[-1]
     if draw(st.booleans()):  # a linear head, maybe with BatchNorm1d and an activation
-        flat = g.add("reshape", [last], dict(shape=[2, -1]), name="flat")
+        flat = g.add("reshape", [last], dict(shape=[batch, -1]), name="flat")
         n = draw(st.integers(1, 4))
         last = g.add("linear", [flat, g.add_constant(rand(n, flat.shape[1]) * 0.1, "fc")],
                      name="fc")
@@ -91,10 +93,12 @@ def outputs(g: Graph, x: torch.Tensor) -> list[torch.Tensor]:
     return list(out) if isinstance(out, tuple) else [out]
 
 
-def assert_equivalent(before: Graph, after: Graph) -> None:
-    x = torch.randn(before.inputs[0].shape, generator=torch.Generator().manual_seed(0))
-    for a, b in zip(outputs(before, x), outputs(after, x), strict=True):
-        torch.testing.assert_close(b, a, atol=2e-4, rtol=2e-4)
+def assert_equivalent(before: Graph, after: Graph, batches: tuple[int, ...] = (2,)) -> None:
+    for n in batches:
+        shape = [d if type(d) is int else n for d in before.inputs[0].shape]
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(n))
+        for a, b in zip(outputs(before, x), outputs(after, x), strict=True):
+            torch.testing.assert_close(b, a, atol=2e-4, rtol=2e-4)
 
 
 @given(graphs(), st.sampled_from(PASSES))
@@ -119,3 +123,14 @@ def test_fold_bn_idempotent_alone(g: Graph) -> None:
     once = Pipeline("fold-bn")(g)
     assert Pipeline("fold-bn").run(once.clone()).changed is False
     assert Pipeline("fuse-activation").run(Pipeline("fuse-activation")(g)).changed is False
+
+
+@given(graphs(symbolic=True), st.sampled_from(PASSES + ["cleanup,fold-bn,fuse-activation,cleanup",
+                                                       "prune-magnitude{sparsity=0.5}"]))
+def test_passes_keep_a_symbolic_batch(g: Graph, name: str) -> None:
+    out = Pipeline(name)(g)
+    out.verify()
+    roundtrip(out)
+    assert out.symbols == g.symbols and str(out.inputs[0].type).startswith("f32[N,")
+    if "prune" not in name:
+        assert_equivalent(g, out, batches=(1, 3))

@@ -12,6 +12,14 @@ Calling the module checks its inputs first, as compiled models do (see
 graph input's shape and dtype, else a :class:`~slimfx.errors.RuntimeInputError`
 naming the input. The check reads shapes and dtypes only (no tensor op), so it
 costs microseconds and leaves autograd alone.
+
+Symbolic graphs (``f32[N,3,224,224]``) run at every size in their declared ranges:
+the call binds the symbols from the input shapes (:func:`~slimfx.ir.symbolic.bind_shapes`:
+range and consistency checks, a RuntimeInputError naming the input, its symbolic
+type and the given shape), and the module reads each symbol from the shape of an
+input at run time (``x.shape[0]``); an attribute that holds symbolic dimensions
+(``reshape {shape=[N,512]}``) is evaluated from those sizes before its kernel runs,
+so nothing is frozen to the example size.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from slimfx.errors import QuantizationError, RuntimeInputError, UnsupportedOpErr
 from slimfx.ir.core import Graph, Value
 from slimfx.ir.ops import Trait
 from slimfx.ir.signature import bind_inputs, shape_matches, type_mismatch
+from slimfx.ir.symbolic import bind_shapes, dim_symbols
 from slimfx.ir.types import TensorType, dtype_from_torch
 
 __all__ = ["to_torch", "SlimfxModule"]
@@ -68,6 +77,9 @@ class SlimfxModule(fx.GraphModule):
                 raise type_mismatch(name, want, tuple(arg.shape), _dtype_name(arg.dtype),
                                     remedy="retrace the model with inputs of this shape "
                                     "and dtype")
+        graph = self.__dict__.get("source_graph")
+        if isinstance(graph, Graph) and graph.symbols:
+            _check_symbols(graph, types, args)
         return super().__call__(*args)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SlimfxModule:
@@ -99,6 +111,19 @@ class SlimfxModule(fx.GraphModule):
         return super().train(mode)
 
 
+def _check_symbols(graph: Graph, types: tuple[tuple[str, TensorType, torch.dtype], ...],
+                   args: tuple[Any, ...]) -> None:
+    """Binds the graph's symbols from the inputs' shapes (ranges, equal sizes)."""
+    shapes = {name: tuple(arg.shape) for (name, want, _), arg in zip(types, args, strict=True)
+              if not want.is_static}
+    try:
+        bind_shapes(graph, shapes)
+    except RuntimeInputError as e:
+        given = "; ".join(f"input {name!r} is {want}, given shape {list(shapes[name])}"
+                          for name, want, _ in types if name in shapes)
+        raise RuntimeInputError(f"{e} ({given})") from e
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     try:
         return dtype_from_torch(dtype)
@@ -118,6 +143,60 @@ def _flatten_outputs(result: Any, n: int) -> tuple[Any, ...]:
     if len(leaves) != n:
         raise UnsupportedOpError(f"a multi-result node produced {len(leaves)} values, expected {n}")
     return tuple(leaves)
+
+
+def _size(x: torch.Tensor, axis: int) -> int:
+    """``x.shape[axis]``: where a symbolic module reads the value of a symbol."""
+    return x.shape[axis]
+
+
+class _DimAttr:
+    """Evaluates an attribute holding symbolic dims from the symbols' run-time values.
+
+    ``template`` is the attribute (a dim, or a tuple/list of dims and ints); calling
+    it with the values of ``names`` (in order) gives the attribute with ints only.
+    """
+
+    def __init__(self, template: Any, names: list[str]) -> None:
+        import sympy
+
+        self.template = template
+        self.names = names
+        symbols = [sympy.Symbol(n, integer=True, nonnegative=True) for n in names]
+        self._fns: dict[int, Any] = {}
+        for d in _leaves(template):
+            if isinstance(d, sympy.Expr) and id(d) not in self._fns:
+                self._fns[id(d)] = sympy.lambdify(symbols, d, modules="math")
+        self.__name__ = "slimfx_dims"
+
+    def __call__(self, *values: int) -> Any:
+        def one(d: Any) -> Any:
+            if isinstance(d, (tuple, list)):
+                return type(d)(one(e) for e in d)
+            fn = self._fns.get(id(d))
+            return d if fn is None else int(fn(*values))
+        return one(self.template)
+
+
+def _leaves(x: Any) -> list[Any]:
+    if isinstance(x, (tuple, list)):
+        return [leaf for e in x for leaf in _leaves(e)]
+    return [x]
+
+
+def _symbolic_attrs(node_attrs: Any) -> dict[str, set[str]]:
+    """Attribute name -> the symbols it uses, for attributes holding symbolic dims."""
+    import sympy
+
+    out: dict[str, set[str]] = {}
+    for k, v in dict(node_attrs).items():
+        used: set[str] = set()
+        for leaf in _leaves(v):
+            if isinstance(leaf, sympy.Expr) and not leaf.is_Integer:
+                used |= dim_symbols(leaf)
+        if used:
+            out[k] = used
+    return out
 
 
 def _fx_name(name: str) -> str:
@@ -170,6 +249,12 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
     names: dict[str, str] = {}
     for v in graph.inputs:
         env[id(v)] = g.placeholder(_fx_name(v.name))
+    sizes: dict[str, tuple[fx.Node, int]] = {}  # symbol -> (input placeholder, axis)
+    for v in graph.inputs:
+        for i, d in enumerate(v.type.shape):
+            if not isinstance(d, int) and d.is_Symbol:
+                sizes.setdefault(d.name, (env[id(v)], i))
+    size_nodes: dict[str, fx.Node] = {}
     # Running statistics of batch norm are state, not parameters to train.
     stats = {id(n.inputs[i]) for n in graph.nodes for i in _STATE_OPERANDS.get(n.op.name, ())}
     # So are the scale / zero point a fake_quantize does not learn (QAT).
@@ -188,6 +273,21 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
         env[id(v)] = g.get_attr(path)
     for node in graph.nodes:
         args = tuple(env[id(v)] for v in node.inputs)
+        attrs = dict(node.attrs)
+        for key, used in _symbolic_attrs(node.attrs).items():
+            unknown = sorted(used - set(sizes))
+            if unknown:
+                raise UnsupportedOpError(
+                    f"{node.describe()}: attribute {key} uses symbol(s) {', '.join(unknown)}, "
+                    "which no graph input has as a dimension of its own, so the torch "
+                    "module cannot read their values; give the graph an input with that "
+                    "dimension or make it static")
+            names_used = sorted(used)
+            for n in names_used:
+                if n not in size_nodes:
+                    size_nodes[n] = g.call_function(_size, sizes[n])
+            attrs[key] = g.call_function(_DimAttr(attrs[key], names_used),
+                                         tuple(size_nodes[n] for n in names_used))
         kernel = KERNELS[node.op.name]
         if isinstance(kernel, type) and issubclass(kernel, torch.nn.Module):
             # a stateful kernel (behaves by train / eval mode): one submodule per node
@@ -195,10 +295,10 @@ def to_torch(graph: Graph, *, trainable: bool = True) -> SlimfxModule:
             while hasattr(root, target):
                 target += "_"
             root.add_module(target, kernel())
-            call = g.create_node("call_module", target, args, dict(node.attrs),
+            call = g.create_node("call_module", target, args, attrs,
                                  name=_fx_name(node.name))
         else:
-            call = g.create_node("call_function", kernel, args, dict(node.attrs),
+            call = g.create_node("call_function", kernel, args, attrs,
                                  name=_fx_name(node.name))
         if len(node.outputs) == 1 and node.op.num_results == 1:
             env[id(node.outputs[0])] = call

@@ -327,6 +327,8 @@ def _slice(b: Builder, node: Node) -> None:
         b.passthrough(node, x, out)
     elif node.attrs["step"] != 1:
         b.block(node, x, "strided slice of the channel axis")
+    elif type(node.attrs["start"]) is not int or type(node.attrs["end"]) is not int:
+        b.block(node, x, "slice of the channel axis with symbolic bounds")
     else:
         r = range(*slice(node.attrs["start"], node.attrs["end"]).indices(x.type.shape[ax]))
         b.set_dim(out, ax, [d.atoms[i] for i in r], f"{node.name}:slice")

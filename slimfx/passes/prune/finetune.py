@@ -9,6 +9,12 @@ writes the trained constants and masks back into the graph
 
 Batch norm in the IR is inference batch norm (running statistics), so training
 adapts the weights around fixed statistics; fold or re-estimate them as needed.
+
+Batches: ``(inputs, targets)`` (inputs a tensor, a tuple of tensors or a dict keyed by
+input name), or a dict holding the inputs by name and the targets under ``"labels"``
+(or ``"label"``), as Hugging Face data collators give them; ``input_fn`` maps any
+other layout to ``(inputs, targets)``. A graph traced with a dynamic batch
+(``dynamic_shapes=``) trains on a ``DataLoader`` as it is, partial last batch included.
 """
 
 from __future__ import annotations
@@ -70,12 +76,14 @@ def finetune(graph: Graph, train_data: Iterable[tuple[torch.Tensor, torch.Tensor
              loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
              eval_fn: Callable[[Graph], Any] | None = None,
              schedule: PolynomialSchedule | None = None,
-             scope: Literal["global", "layer"] = "global", progress: bool = True) -> FinetuneResult:
+             scope: Literal["global", "layer"] = "global", progress: bool = True,
+             input_fn: Callable[[Any], tuple[Any, Any]] | None = None) -> FinetuneResult:
     """Trains ``graph``'s constants in place, keeping pruning masks applied.
 
     Args:
         graph: the graph to train (its constants and masks are updated).
-        train_data: re-iterable batches ``(inputs, targets)``; inputs may be a tuple.
+        train_data: re-iterable batches ``(inputs, targets)`` or dicts with ``"labels"``
+            (see the module docstring); inputs may be a tuple or a dict by input name.
         epochs: passes over ``train_data``.
         optimizer: ``sgd`` (momentum 0.9), ``adam``, ``adamw`` or a factory.
         lr: learning rate of the built-in optimizers.
@@ -84,9 +92,11 @@ def finetune(graph: Graph, train_data: Iterable[tuple[torch.Tensor, torch.Tensor
         schedule: gradual magnitude pruning of the eligible weights per step.
         scope: ranking scope of the scheduled magnitude pruning.
         progress: show a tqdm progress bar.
+        input_fn: ``batch -> (inputs, targets)`` for other batch layouts.
 
     Raises:
-        PruningError: ``epochs < 1`` or an unknown optimizer.
+        PruningError: ``epochs < 1``, an unknown optimizer, or a batch that is not
+            ``(inputs, targets)`` (nor a dict with labels).
     """
     from tqdm.auto import tqdm
 
@@ -118,7 +128,9 @@ def finetune(graph: Graph, train_data: Iterable[tuple[torch.Tensor, torch.Tensor
         total, count = 0.0, 0
         bar = tqdm(train_data, desc=f"finetune {epoch + 1}/{epochs}", disable=not progress,
                    leave=False)
-        for inputs, target in bar:
+        for i, batch in enumerate(bar):
+            inputs, target = _split_batch(batch if input_fn is None else input_fn(batch), i,
+                                          [v.name for v in graph.inputs])
             if schedule is not None and schedule.updates_at(result.steps):
                 s = schedule.sparsity(result.steps)
                 new = magnitude_masks({p: params[p] * masks[p] if p in masks else params[p]
@@ -126,9 +138,10 @@ def finetune(graph: Graph, train_data: Iterable[tuple[torch.Tensor, torch.Tensor
                 masks.update({p: m & masks[p] if p in masks else m for p, m in new.items()})
                 result.sparsity = s
                 apply_masks()
-            args = inputs if isinstance(inputs, tuple) else (inputs,)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(module(*args), target)
+            out = module(**inputs) if isinstance(inputs, dict) else module(
+                *(inputs if isinstance(inputs, tuple | list) else (inputs,)))
+            loss = loss_fn(out, target)
             loss.backward()
             opt.step()
             apply_masks()
@@ -143,6 +156,23 @@ def finetune(graph: Graph, train_data: Iterable[tuple[torch.Tensor, torch.Tensor
                      result.metrics[-1])
     module.eval()
     return result
+
+
+def _split_batch(batch: Any, index: int, names: list[str]) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of one training batch (see the module docstring)."""
+    if isinstance(batch, dict):
+        key = "labels" if "labels" in batch else "label" if "label" in batch else None
+        if key is not None:
+            return {k: v for k, v in batch.items() if k in names}, batch[key]
+        raise PruningError(f"finetune: batch {index} is a dict without 'labels' (keys "
+                           f"{', '.join(map(repr, batch))}); pass input_fn=lambda b: "
+                           "(inputs, targets)")
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise PruningError(f"finetune: batch {index} is a {type(batch).__name__}"
+                       + (f" of {len(batch)} items" if isinstance(batch, tuple | list) else "")
+                       + "; a training batch is (inputs, targets) or a dict with 'labels'; "
+                       "pass input_fn=lambda b: (inputs, targets) for other layouts")
 
 
 def _write_back(graph: Graph, module: Any, masks: dict[str, torch.Tensor]) -> None:

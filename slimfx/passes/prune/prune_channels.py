@@ -257,7 +257,8 @@ def _fix_attrs(node: Node, deps: ChannelDeps, pruned: frozenset[int]) -> None:
         x = node.inputs[0]
         d, keep = deps.dims.get(x.name), deps.kept_positions(x.name, pruned)
         ax = norm_axis(node.attrs["axis"], x.type.rank)
-        if d is not None and keep is not None and d.axis == ax:
+        static = type(node.attrs["start"]) is int and type(node.attrs["end"]) is int
+        if d is not None and keep is not None and d.axis == ax and static:
             start, end, _ = slice(node.attrs["start"], node.attrs["end"]).indices(len(d.atoms))
             node.set_attrs(start=sum(1 for k in keep if k < start),
                            end=sum(1 for k in keep if k < end))

@@ -13,16 +13,20 @@ shapes:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from slimfx.ir.core import Graph, Node
+from slimfx.ir.symbolic import Dim, eval_dim, normalize_dim
 
 __all__ = ["node_macs", "count_macs", "count_params", "count_nonzero", "sparsity_table",
            "format_table"]
 
 
-def node_macs(node: Node) -> int:
-    """Multiply-accumulates of one node (0 for ops that are not counted)."""
+def node_macs(node: Node) -> Dim:
+    """Multiply-accumulates of one node (0 for ops that are not counted).
+
+    An expression of the graph's symbols where its shapes are symbolic (``N*9216``).
+    """
     op = node.op.name
     if op in ("conv1d", "conv2d"):
         w = node.inputs[1].type.shape
@@ -41,9 +45,20 @@ def node_macs(node: Node) -> int:
     return 0
 
 
-def count_macs(graph: Graph) -> int:
-    """Total multiply-accumulates of one run of ``graph``."""
-    return sum(node_macs(n) for n in graph.nodes)
+def count_macs(graph: Graph, sizes: Mapping[str, int] | None = None) -> int:
+    """Total multiply-accumulates of one run of ``graph``.
+
+    Args:
+        graph: the graph.
+        sizes: values of the graph's symbols (``{"N": 32}``); a symbol not given takes
+            the smallest value of its range (batch 1 for ``N in [1, ...]``), so MACs of
+            graphs traced with a dynamic batch compare like for like.
+    """
+    total = sum(node_macs(n) for n in graph.nodes)
+    if type(total) is int:
+        return total
+    env = {s: max(r.min, 1) for s, r in graph.symbols.items()} | dict(sizes or {})
+    return eval_dim(normalize_dim(total), env)
 
 
 def count_params(graph: Graph) -> int:

@@ -21,7 +21,7 @@ Pipelines without observers (``dynamic-int8``, ``fp16``, ``bf16``, ...) simply r
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 from slimfx.errors import QuantizationError
@@ -30,7 +30,12 @@ from slimfx.passes.base import Pass
 from slimfx.passes.context import PassContext
 from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (registers pipelines)
-from slimfx.passes.quant.arguments import check_data, check_num_batches, expect_graph
+from slimfx.passes.quant.arguments import (
+    check_data,
+    check_num_batches,
+    expect_graph,
+    with_input_fn,
+)
 from slimfx.passes.quant.bias_correction import BiasCorrection
 from slimfx.passes.quant.bias_correction import bias_correction as correct_biases
 from slimfx.passes.quant.calibrate import calibrate
@@ -103,13 +108,16 @@ def _check_arguments(graph: Any, data: Any, pipeline: Any, qconfig: Any, form: A
 def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "ptq-int8",
              qconfig: QConfig | None = None, *, num_batches: int | None = None,
              form: Literal["int8", "qdq"] = "int8", progress: bool = False,
-             bias_correction: bool = False) -> Graph:
+             bias_correction: bool = False,
+             input_fn: Callable[[Any], Any] | None = None) -> Graph:
     """Quantizes a copy of ``graph`` (see the module docstring for any pipeline string).
 
     Args:
         graph: a float graph from :func:`slimfx.trace` (left untouched).
-        data: calibration batches (tensors, tuples of tensors, or dicts keyed by input
-            name); required by pipelines that insert observers (``ptq-int8``).
+        data: calibration batches (tensors, tuples of tensors, dicts keyed by input
+            name, or ``(inputs, labels)``; a ``DataLoader`` as it is, batches of any size
+            where the graph's dims are symbolic); required by pipelines that insert
+            observers (``ptq-int8``).
         pipeline: ``ptq-int8`` (prepare -> calibrate -> convert), ``dynamic-int8``,
             ``fp16``, ``bf16``, or any pipeline string.
         qconfig: what to quantize and how (``ptq-int8`` only; default: the x86 preset).
@@ -119,6 +127,8 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         progress: show a progress bar during calibration.
         bias_correction: after calibration, subtract from each conv/linear bias the
             mean output shift its int8 weight causes on ``data`` (``bias-correction``).
+        input_fn: ``batch -> inputs``, applied to each batch of ``data`` first (see
+            :mod:`~slimfx.passes.quant.arguments`).
 
     Raises:
         QuantizationError: ``graph`` is not a slimfx graph (a torch module: trace it
@@ -128,6 +138,8 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         CalibrationError: unusable calibration data.
     """
     g = _check_arguments(graph, data, pipeline, qconfig, form, num_batches)
+    if data is not None:
+        data = with_input_fn(check_data(data, "slimfx.quantize"), input_fn, "slimfx.quantize")
     if pipeline == "ptq-int8":
         if data is None:
             raise QuantizationError("pipeline 'ptq-int8' needs calibration data: "

@@ -10,7 +10,7 @@ range each observer chose is written back into the node's ``min_val`` /
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from slimfx.passes.quant.arguments import (
     check_num_batches,
     expect_graph,
     no_data_error,
+    with_input_fn,
 )
 from slimfx.passes.quant.observers import EPS, ObserverModule, make_observer, qparams_from_range
 
@@ -57,7 +58,7 @@ def instrumented_module(graph: Graph) -> tuple[torch.nn.Module, list[tuple[Node,
 
 
 def calibrate(graph: Graph, data: Iterable[Any], num_batches: int | None = None,
-              progress: bool = True) -> Graph:
+              progress: bool = True, *, input_fn: Callable[[Any], Any] | None = None) -> Graph:
     """Runs ``data`` through ``graph`` and writes the observed ranges into its observers.
 
     An observer of an activation that saw one value only (all zeros, or a constant) has
@@ -66,11 +67,15 @@ def calibrate(graph: Graph, data: Iterable[Any], num_batches: int | None = None,
 
     Args:
         graph: a graph with ``observer`` nodes (see ``insert-observers``); edited in place.
-        data: an iterable of batches; a batch is a tensor, a tuple of tensors (one per
-            graph input) or a dict keyed by input name, shaped like the graph's inputs
-            (see :mod:`~slimfx.passes.quant.arguments`).
+        data: an iterable of batches (a list, a ``DataLoader`` as it is); a batch is a
+            tensor, a tuple of tensors (one per graph input), a dict keyed by input name,
+            or ``(inputs, labels)``, shaped like the graph's inputs (symbolic dims: any
+            size in range, so batches may differ in size; see
+            :mod:`~slimfx.passes.quant.arguments`).
         num_batches: stop after this many batches (all of them by default).
         progress: show a tqdm progress bar.
+        input_fn: ``batch -> inputs``, applied to each batch first (for batch layouts
+            other than the ones above).
 
     Returns:
         ``graph`` itself.
@@ -81,7 +86,7 @@ def calibrate(graph: Graph, data: Iterable[Any], num_batches: int | None = None,
             (observer named).
     """
     graph = expect_graph(graph, "slimfx.calibrate", CalibrationError)
-    data = check_data(data, "slimfx.calibrate")
+    data = with_input_fn(check_data(data, "slimfx.calibrate"), input_fn, "slimfx.calibrate")
     check_num_batches(num_batches, "slimfx.calibrate")
     if not graph.find("observer"):
         raise CalibrationError(f"graph @{graph.name} has no observer nodes; run the "

@@ -58,7 +58,7 @@ the wrapper, and the replicas hold the same weights and scales after every step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -94,7 +94,8 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
                 qconfig: QConfig | None = None, *, learn_scales: bool = False,
                 learn_zero_points: bool = False,
                 fold_bn: Literal["batch-stats", "running"] = "running",
-                num_batches: int | None = None, progress: bool = False) -> Graph:
+                num_batches: int | None = None, progress: bool = False,
+                input_fn: Callable[[Any], Any] | None = None) -> Graph:
     """A copy of ``graph`` ready for quantization-aware training (see the module docstring).
 
     Args:
@@ -112,6 +113,8 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
             module docstring), then :func:`freeze_bn_stats`.
         num_batches: calibrate on at most this many batches.
         progress: show a progress bar during calibration.
+        input_fn: ``batch -> inputs`` for batch layouts other than inputs or
+            ``(inputs, labels)`` (as for :func:`slimfx.calibrate`).
 
     Returns:
         The graph with ``fake_quantize`` nodes; run it with :func:`slimfx.to_torch`.
@@ -147,7 +150,7 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
     data = check_data(data, "slimfx.prepare_qat")
     pairs = bn_pairs(g) if fold_bn == "batch-stats" else []
     g = prepare_ptq(g, qconfig)
-    calibrate(g, data, num_batches=num_batches, progress=progress)
+    calibrate(g, data, num_batches=num_batches, progress=progress, input_fn=input_fn)
     insert_fake_quant(g, learn_scale=learn_scales, learn_zero_point=learn_zero_points)
     insert_conv_bn(g, pairs)
     return g
