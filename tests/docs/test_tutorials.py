@@ -1,0 +1,62 @@
+"""Runs every ```python block of ``docs/tutorials/*.md``, page by page, as a user would.
+
+The blocks of one page run in order in one namespace (a page is one session), in a fresh
+working directory, so the files a tutorial writes stay in ``tmp_path``. A failing block's
+traceback names the page and its line in the page.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TUTORIALS = ROOT / "docs" / "tutorials"
+BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
+# pages that compile with TVM (they need it installed) or train: several seconds each
+NEEDS_TVM = {"quickstart.md", "report.md"}
+SLOW = NEEDS_TVM | {"pruning.md"}
+
+
+def code_blocks(path: Path) -> list[tuple[int, str]]:
+    """``(first line, source)`` of each python block of a markdown page."""
+    text = path.read_text()
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1)) for m in BLOCK.finditer(text)]
+
+
+def pages() -> list[Path]:
+    return sorted(TUTORIALS.glob("*.md"))
+
+
+def page_params() -> list[pytest.param]:
+    params = []
+    for page in pages():
+        marks = [pytest.mark.slow] if page.name in SLOW else []
+        if page.name in NEEDS_TVM:
+            marks.append(pytest.mark.tvm)
+        params.append(pytest.param(page, marks=marks, id=page.stem))
+    return params
+
+
+def test_every_tutorial_has_code() -> None:
+    names = {p.name for p in pages()}
+    assert {"quickstart.md", "custom_pass.md", "pruning.md"} <= names
+    for page in pages():
+        assert code_blocks(page), f"{page.name} has no ```python block"
+
+
+@pytest.mark.parametrize("page", page_params())
+def test_tutorial_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if page.name in NEEDS_TVM:
+        pytest.importorskip("tvm", reason="this tutorial compiles with TVM (apache-tvm)")
+    monkeypatch.chdir(tmp_path)
+    module = types.ModuleType(f"tutorial_{page.stem}")  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    for line, source in code_blocks(page):
+        # padded so that tracebacks give the line numbers of the markdown page
+        code = compile("\n" * (line - 1) + source, str(page.relative_to(ROOT)), "exec")
+        exec(code, module.__dict__)  # noqa: S102
