@@ -29,6 +29,8 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory arm-env || echo "make arm-env failed: the ARM tests will skip"
 	# graph pictures (slimfx inspect --dot, Graph.draw) need the Graphviz `dot` program
 	$(MAKE) --no-print-directory graphviz || echo "no Graphviz: the picture tests will skip"
+	# the HTML report test renders the report in headless Chromium
+	$(MAKE) --no-print-directory chromium || echo "no Chromium: the HTML report render test will skip"
 	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
