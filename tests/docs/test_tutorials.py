@@ -13,13 +13,15 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 TUTORIALS = ROOT / "docs" / "tutorials"
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
-# pages that compile with TVM (they need it installed) or train: several seconds each
-NEEDS_TVM = {"quickstart.md", "report.md"}
-SLOW = NEEDS_TVM | {"pruning.md"}
+# pages that compile with TVM (they need it installed), train or calibrate many times:
+# several seconds each
+NEEDS_TVM = {"quickstart.md"}
+SLOW = NEEDS_TVM | {"pruning.md", "report.md"}
 
 
 def code_blocks(path: Path) -> list[tuple[int, str]]:
@@ -44,7 +46,7 @@ def page_params() -> list[pytest.param]:
 
 def test_every_tutorial_has_code() -> None:
     names = {p.name for p in pages()}
-    assert {"quickstart.md", "custom_pass.md", "pruning.md"} <= names
+    assert {"quickstart.md", "custom_pass.md", "pruning.md", "report.md"} <= names
     for page in pages():
         assert code_blocks(page), f"{page.name} has no ```python block"
 
@@ -56,7 +58,14 @@ def test_tutorial_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.chdir(tmp_path)
     module = types.ModuleType(f"tutorial_{page.stem}")  # dataclasses look their module up
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    for line, source in code_blocks(page):
-        # padded so that tracebacks give the line numbers of the markdown page
-        code = compile("\n" * (line - 1) + source, str(page.relative_to(ROOT)), "exec")
-        exec(code, module.__dict__)  # noqa: S102
+    threads = torch.get_num_threads()
+    # the tutorials' models are tiny: on a loaded machine, more threads than one spin and
+    # make each step tens of times slower
+    torch.set_num_threads(1)
+    try:
+        for line, source in code_blocks(page):
+            # padded so that tracebacks give the line numbers of the markdown page
+            code = compile("\n" * (line - 1) + source, str(page.relative_to(ROOT)), "exec")
+            exec(code, module.__dict__)  # noqa: S102
+    finally:
+        torch.set_num_threads(threads)
