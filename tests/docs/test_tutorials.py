@@ -21,7 +21,7 @@ BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 # pages that compile with TVM (they need it installed), train or calibrate many times:
 # several seconds each
 NEEDS_TVM = {"quickstart.md"}
-SLOW = NEEDS_TVM | {"pruning.md", "report.md"}
+SLOW = NEEDS_TVM | {"pruning.md", "report.md", "qat.md"}
 
 
 def code_blocks(path: Path) -> list[tuple[int, str]]:
