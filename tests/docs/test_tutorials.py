@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ TUTORIALS = ROOT / "docs" / "tutorials"
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 # pages that compile with TVM (they need it installed), train or calibrate many times:
 # several seconds each
-NEEDS_TVM = {"quickstart.md"}
+NEEDS_TVM = {"quickstart.md", "custom_op.md"}
 SLOW = NEEDS_TVM | {"pruning.md", "report.md", "qat.md"}
 
 
@@ -51,6 +52,26 @@ def test_every_tutorial_has_code() -> None:
         assert code_blocks(page), f"{page.name} has no ```python block"
 
 
+@pytest.fixture
+def _restore_tables() -> Iterator[None]:
+    """Tables conftest does not restore: torch kernels, opaque targets and their lowerings."""
+    from slimfx.backends.torch import KERNELS
+    from slimfx.ir import opaque
+
+    tables: list[dict] = [KERNELS, opaque._USER]
+    saved = [dict(t) for t in tables]
+    yield
+    for table, before in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(before)
+    lower_opaque = sys.modules.get("slimfx.backends.tvm.lower_opaque")
+    if lower_opaque is not None:  # perhaps imported by the page itself: drop what it added
+        for name, fn in list(lower_opaque._OPAQUE.items()):
+            if getattr(fn, "__module__", "").startswith("tutorial_"):
+                del lower_opaque._OPAQUE[name]
+
+
+@pytest.mark.usefixtures("_restore_tables")
 @pytest.mark.parametrize("page", page_params())
 def test_tutorial_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if page.name in NEEDS_TVM:
