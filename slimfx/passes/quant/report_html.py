@@ -122,13 +122,17 @@ def graph_svg(graph: Graph) -> str | None:
 
 
 def sqnr_plot_svg(rep: QuantReport) -> str | None:
-    """A horizontal bar plot of the per-layer SQNR (inline SVG); None without layers."""
+    """A horizontal bar plot of the per-layer SQNR (inline SVG).
+
+    None without layers, or when matplotlib (an optional dependency) is not installed.
+    """
     if not rep.layers:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure  # drawn without pyplot: no global backend state
+    except ImportError:
+        logger.info("report: matplotlib is not installed, the HTML report has no SQNR plot")
+        return None
 
     names = [f"{r.name} ({r.op})" for r in rep.layers]
     finite = [r.sqnr for r in rep.layers if not math.isinf(r.sqnr)]
@@ -221,7 +225,9 @@ def render_html(rep: QuantReport, *, title: str | None = None) -> str:
         '<section id="layers"><h2>Error per quantized layer</h2>',
         "<p>SQNR = 10 log10(sum(float&#178;) / sum((float - int8)&#178;)) at each layer's "
         "output, every layer before it quantized too.</p>", layers,
-        (f'<div class="picture" id="sqnr-plot">{plot}</div>' if plot is not None else ""),
+        (f'<div class="picture" id="sqnr-plot">{plot}</div>' if plot is not None else
+         '<p class="note" id="no-plot">No plot: install matplotlib (pip install matplotlib) '
+         "for a bar chart of the SQNR per layer.</p>"),
         "</section>",
         '<section id="precision"><h2>Precision per layer</h2>', precision, "</section>",
         '<section id="graph"><h2>The int8 program</h2>', graph_part, "</section>",

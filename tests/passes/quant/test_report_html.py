@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -143,6 +144,17 @@ def test_without_graphviz_the_dot_text_is_shown(
     text = report_html.render_html(rep)
     assert 'id="no-graphviz"' in text and "graph-picture" not in text
     assert "digraph" in text and "apt-get install graphviz" in text
+
+
+def test_without_matplotlib_there_is_a_note_instead_of_the_plot(
+        model_and_data: tuple[slimfx.Graph, list[torch.Tensor]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    g, data = model_and_data
+    rep = measure(g, data)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import raises ImportError
+    text = report_html.render_html(rep)
+    assert 'id="no-plot"' in text and 'id="sqnr-plot"' not in text
+    assert 'id="layers-table"' in text
 
 
 def test_unwritable_path_is_a_slimfx_error(
