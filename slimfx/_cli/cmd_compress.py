@@ -191,13 +191,15 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from slimfx._cli.common import output_path
     from slimfx._cli.models import load_model
     from slimfx.passes.quant import report
 
+    html = output_path(args.html, (".html", ".htm"), "HTML report") if args.html else None
     arrays = read_calibration(args.calib)
     graph = load_model(args.model).graph
     data = calibration_batches(graph, arrays, args.calib, args.batch_size)
-    print(report(graph, data, _qconfig(args), num_batches=args.num_batches, html=args.html))
-    if args.html:
-        print(f"wrote {args.html}")
+    print(report(graph, data, _qconfig(args), num_batches=args.num_batches, html=html))
+    if html is not None:
+        print(f"wrote {html}")
     return 0

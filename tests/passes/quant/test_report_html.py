@@ -174,13 +174,16 @@ def test_cli_report_html(model_and_data: tuple[slimfx.Graph, list[torch.Tensor]]
                    str(tmp_path / "calib.npy"), "--html", str(out_html)])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    assert out == slimfx.report(g, data) + f"\nwrote {out_html}\n"
+    rep = measure(g, data)  # what slimfx.report computes
+    assert out == rep.text() + f"\nwrote {out_html}\n"
     assert parse(out_html.read_text()).tables["layers-table"] == \
-        parse(report_html.render_html(measure(g, data))).tables["layers-table"]
-    rc = cli.main(["report", str(tmp_path / "g.safetensors"), "--calib",
-                   str(tmp_path / "calib.npy"), "--html", str(tmp_path / "no" / "r.html")])
-    _, err = capsys.readouterr()
-    assert rc == 2 and len(err.strip().splitlines()) == 1 and "HTML report" in err
+        parse(report_html.render_html(rep)).tables["layers-table"]
+    for bad, why in ((tmp_path / "no" / "r.html", "does not exist"),
+                     (tmp_path / "r.txt", "must end in .html")):  # checked before any work
+        rc = cli.main(["report", str(tmp_path / "g.safetensors"), "--calib",
+                       str(tmp_path / "calib.npy"), "--html", str(bad)])
+        _, err = capsys.readouterr()
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and why in err, err
 
 
 # Appended to a copy of the report: measures the laid-out page and writes the result into
