@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-fast lint bench-overhead bench-latency bench-accuracy clean arm-env fuzz graphviz
+.PHONY: venv demo test test-fast lint bench-overhead bench-latency bench-accuracy clean arm-env fuzz graphviz \
+	chromium docs
 
 venv: $(STAMP)
 
@@ -28,6 +29,8 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory arm-env || echo "make arm-env failed: the ARM tests will skip"
 	# graph pictures (slimfx inspect --dot, Graph.draw) need the Graphviz `dot` program
 	$(MAKE) --no-print-directory graphviz || echo "no Graphviz: the picture tests will skip"
+	# the HTML report test renders the report in headless Chromium
+	$(MAKE) --no-print-directory chromium || echo "no Chromium: the HTML report render test will skip"
 	$(BIN)/python -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -66,6 +69,18 @@ arm-env: $(STAMP)
 graphviz:
 	command -v dot >/dev/null || $(SUDO) apt-get install -y graphviz \
 		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y graphviz)
+
+# Headless Chromium for the HTML report test (tests/passes/quant/test_report_html.py renders
+# the report and reads its DOM); nothing when a chromium is installed.
+chromium:
+	command -v chromium >/dev/null || command -v chromium-headless-shell >/dev/null \
+		|| $(SUDO) apt-get install -y chromium-headless-shell \
+		|| ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium-headless-shell)
+
+# The API reference docs/api/*.md, generated from the docstrings of slimfx.__all__
+# (tests/docs/test_api_pages.py fails when the checked-in pages are out of date).
+docs: $(STAMP)
+	$(BIN)/python -m slimfx._docs
 
 # Differential fuzz campaign (tests/reliability): >= 10,000 op-level cases, torch backend vs
 # x86 (bit-exact integer ops, stated ulp bounds for float ops), integer ops on ARM under qemu,

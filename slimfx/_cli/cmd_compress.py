@@ -4,7 +4,8 @@
   is ``slimfx.quantize(graph, batches, P, QConfig.preset(...))`` (``ptq-int8`` by default);
 - ``prune MODEL --ratio R [--importance l1|l2|bn-scale] -o GRAPH.safetensors`` is
   ``slimfx.passes.prune.prune_channels``;
-- ``report MODEL --calib FILE [--qconfig x86|arm]`` prints ``slimfx.report`` (a text table).
+- ``report MODEL --calib FILE [--qconfig x86|arm] [--html FILE.html]`` prints ``slimfx.report``
+  (a text table); ``--html`` also writes the one-file HTML report.
 
 Calibration files hold one array per graph input (``.npy``, ``.npz``, ``.safetensors``),
 split along dimension 0 into batches of ``--batch-size`` (default: the batch size the
@@ -80,6 +81,8 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                        "and max abs error of int8 against float, and the model sizes.")
     r.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     _calib_options(r, required=True)
+    r.add_argument("--html", metavar="FILE.html", help="also write the HTML report (tables, "
+                   "SQNR plot, graph picture) to this file")
     r.set_defaults(run=run_report)
 
 
@@ -188,11 +191,15 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
+    from slimfx._cli.common import output_path
     from slimfx._cli.models import load_model
     from slimfx.passes.quant import report
 
+    html = output_path(args.html, (".html", ".htm"), "HTML report") if args.html else None
     arrays = read_calibration(args.calib)
     graph = load_model(args.model).graph
     data = calibration_batches(graph, arrays, args.calib, args.batch_size)
-    print(report(graph, data, _qconfig(args), num_batches=args.num_batches))
+    print(report(graph, data, _qconfig(args), num_batches=args.num_batches, html=html))
+    if html is not None:
+        print(f"wrote {html}")
     return 0

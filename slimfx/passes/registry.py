@@ -71,6 +71,15 @@ def register_pass(cls: P | None = None, *, name: str | None = None,
     Usable bare (``@register_pass``) or with arguments
     (``@register_pass(aliases=("fuse-conv-relu",))``).
 
+    Args:
+        cls: the pass class (a frozen dataclass subclass of ``Pass``) when used bare.
+        name: register under this name instead of the class's ``name``.
+        aliases: more names for the same pass (``fuse-conv-relu`` for ``fuse-activation``).
+        override: replace a pass already registered under the name.
+
+    Returns:
+        The class itself (bare use), or the decorator.
+
     Raises:
         PipelineError: the class is not a frozen dataclass Pass, the name is not
             kebab-case, or the name is taken (unless ``override``).

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from slimfx.backends.tvm.native_log import native_log_to_logging
 from slimfx.errors import ArtifactError, DeviceError
 from slimfx.ir.symbolic import SymbolRange, check_symbol_name, eval_dim
 
@@ -104,6 +105,7 @@ def _versions() -> tuple[str, str]:
     return slimfx.__version__, str(tvm.__version__)
 
 
+@native_log_to_logging()  # TVM prints "Scope Saving" per function: logged at DEBUG
 def _export(compiled: Compiled, lib_path: Path) -> None:
     from slimfx.backends.tvm.targets import target_kind
 
@@ -427,6 +429,7 @@ def _check_library(compiled: Compiled, lib: Any, where: Path) -> None:
                             "is corrupt or was modified")
 
 
+@native_log_to_logging()  # and "Scope Loaded" per function
 def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled:
     """Loads a model written by :meth:`Compiled.save` after validating its metadata.
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from slimfx.backends.tvm.compiled import Compiled, TensorSpec
 from slimfx.backends.tvm.lower import lower_graph
+from slimfx.backends.tvm.native_log import native_log_to_logging
 from slimfx.backends.tvm.targets import resolve_target
 from slimfx.errors import SlimfxError
 from slimfx.ir.core import Graph
@@ -45,6 +46,7 @@ def _signature(graph: Graph) -> tuple[list[TensorSpec], list[TensorSpec]]:
     return inputs, outputs
 
 
+@native_log_to_logging()  # TVM's C++ warnings go to logging at DEBUG, not to stderr
 def compile(  # noqa: A001 - the public name is slimfx.compile
     graph: Graph,
     target: str | Mapping[str, Any] = "x86",

@@ -12,12 +12,19 @@ they will in the integer program):
 
 The last rows compare the graph outputs of the exact integer program with the
 float ones, and the constant bytes of the float and int8 graphs.
+
+:func:`measure` computes all of it as a :class:`QuantReport` (with the graphs and the time
+each step took); :func:`report` formats it as text, and with ``html=path`` also writes the
+one-file HTML report of :mod:`slimfx.passes.quant.report_html`.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,7 +33,10 @@ from slimfx.backends.torch import KERNELS, to_torch
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Value
 from slimfx.ir.types import QParams
-from slimfx.passes.quant.api import prepare_ptq
+from slimfx.passes.context import PassContext
+from slimfx.passes.instruments import Timing
+from slimfx.passes.pipeline import Pipeline
+from slimfx.passes.quant.api import _PREPARE_FLOAT, _nothing_selected
 from slimfx.passes.quant.arguments import (
     batch_args,
     check_data,
@@ -36,10 +46,11 @@ from slimfx.passes.quant.arguments import (
 )
 from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.convert_int8 import convert_int8
+from slimfx.passes.quant.insert_observers import insert_observers
 from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.quantize_dequantize import qparams_attrs, to_qdq
 
-__all__ = ["report", "constant_bytes", "sqnr"]
+__all__ = ["report", "measure", "QuantReport", "LayerError", "Step", "constant_bytes", "sqnr"]
 
 
 def constant_bytes(graph: Graph) -> int:
@@ -61,8 +72,82 @@ def _probe(graph: Graph, values: list[Value]) -> torch.nn.Module:
     return to_torch(g, trainable=False)
 
 
+@dataclass(frozen=True)
+class LayerError:
+    """The error int8 adds at one node's output, everything before it quantized too.
+
+    Attributes:
+        name: the node (its first result's name in the prepared float graph).
+        op: its op.
+        sqnr: signal-to-quantization-noise ratio in dB (``inf``: no error).
+        max_abs_error: the largest absolute difference from the float output.
+    """
+
+    name: str
+    op: str
+    sqnr: float
+    max_abs_error: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the static int8 flow as :func:`measure` ran it.
+
+    Attributes:
+        name: the pass (with its options) or step (``calibrate``).
+        seconds: wall time.
+        nodes: node count of the graph after the step.
+    """
+
+    name: str
+    seconds: float
+    nodes: int
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    """What :func:`measure` found: per-layer errors, output error, sizes, and the graphs.
+
+    Attributes:
+        layers: one entry per quantized node, in graph order.
+        output_sqnr: SQNR (dB) of the exact integer program's outputs against float.
+        output_max_abs_error: their largest absolute difference.
+        float_bytes: constant bytes of the (BN-folded) float graph.
+        int8_bytes: constant bytes of the int8 graph.
+        float_graph: the prepared float graph (BN folded, activations fused).
+        int8_graph: the exact integer program.
+        steps: the passes and steps run, with their times.
+        batches: how many batches calibrated and measured.
+    """
+
+    layers: tuple[LayerError, ...]
+    output_sqnr: float
+    output_max_abs_error: float
+    float_bytes: int
+    int8_bytes: int
+    float_graph: Graph
+    int8_graph: Graph
+    steps: tuple[Step, ...]
+    batches: int
+
+    def text(self) -> str:
+        """The text table :func:`report` returns."""
+        width = max([len(r.name) for r in self.layers] + [24])
+        lines = [f"{'layer':<{width}}  {'op':<20}  {'SQNR dB':>8}  {'max abs err':>12}",
+                 "-" * (width + 48)]
+        lines += [f"{r.name:<{width}}  {r.op:<20}  {r.sqnr:>8.2f}  {r.max_abs_error:>12.5g}"
+                  for r in self.layers]
+        lines.append("-" * (width + 48))
+        lines.append(f"{'outputs (int8 program)':<{width}}  {'':<20}  "
+                     f"{self.output_sqnr:>8.2f}  {self.output_max_abs_error:>12.5g}")
+        fb, ib = self.float_bytes, self.int8_bytes
+        lines.append(f"model size: float {fb:,} B, int8 {ib:,} B ({fb / max(ib, 1):.2f}x "
+                     "smaller)")
+        return "\n".join(lines)
+
+
 def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
-           num_batches: int | None = None) -> str:
+           num_batches: int | None = None, html: str | os.PathLike[str] | None = None) -> str:
     """A table of per-layer SQNR / max abs error of simulated int8 vs float, and sizes.
 
     Args:
@@ -70,11 +155,32 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         data: batches, used both to calibrate and to measure.
         qconfig: as for :func:`slimfx.quantize`.
         num_batches: use at most this many batches.
+        html: also write the one-file HTML report here (per-node and per-layer tables,
+            the steps run, an SQNR plot and the graph picture; see
+            :mod:`slimfx.passes.quant.report_html`).
+
+    Returns:
+        The text table (the same whether or not ``html`` is given).
 
     Raises:
         QuantizationError: ``graph`` is not a float slimfx graph, or ``qconfig`` is not a
             QConfig.
         CalibrationError: no data, or batches that do not fit the graph inputs.
+        SlimfxError: the HTML file cannot be written.
+    """
+    rep = measure(graph, data, qconfig, num_batches=num_batches)
+    if html is not None:
+        from slimfx.passes.quant.report_html import write_html
+
+        write_html(rep, html)
+    return rep.text()
+
+
+def measure(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
+            num_batches: int | None = None) -> QuantReport:
+    """Runs the static int8 flow on ``graph`` and measures it (see the module docstring).
+
+    Arguments and errors are those of :func:`report`.
     """
     graph = expect_graph(graph, "slimfx.report", QuantizationError)
     data = check_data(data, "slimfx.report")
@@ -87,16 +193,28 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         raise no_data_error(graph, data, "slimfx.report")
     # checked once, up front: the same batches calibrate and then measure
     batches = [batch_args(graph, b, i) for i, b in enumerate(raw)]
-    prepared = prepare_ptq(graph, qconfig)
-    calibrate(prepared, batches, progress=False)
+    timing = Timing()
+    prepared = graph.clone()
+    Pipeline(_PREPARE_FLOAT).run(prepared, PassContext([timing]))
+    steps = [Step(str(r.pass_), r.seconds, r.nodes_after) for r in timing.records]
+
+    def step(name: str, fn: Any, g: Graph) -> Any:
+        t0 = time.perf_counter()
+        out = fn(g)
+        steps.append(Step(name, time.perf_counter() - t0, len(g)))
+        return out
+
+    if step("insert-observers", lambda g: insert_observers(g, qconfig), prepared) == 0:
+        raise _nothing_selected(prepared, "the qconfig")
+    step("calibrate", lambda g: calibrate(g, batches, progress=False), prepared)
     float_g = prepared.clone()
     for n in float_g.find("observer"):  # the float reference of the same (folded) graph
         float_g.replace_all_uses_with(n.output, n.inputs[0])
         float_g.erase(n)
     qdq = prepared.clone()
-    to_qdq(qdq)
+    step("quantize-dequantize", to_qdq, qdq)
     int8 = qdq.clone()
-    convert_int8(int8)
+    step("convert-int8", convert_int8, int8)
     layers = []
     for n in qdq.nodes:
         users = n.outputs[0].uses() if len(n.outputs) == 1 else []
@@ -119,18 +237,11 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
                 _accumulate(st, f, s)
             for f, s in zip(_tuple(ref_mod(*args)), _tuple(int_mod(*args)), strict=True):
                 _accumulate(out_stats, f, s)
-    rows = [(name, op, sqnr(s, e), m) for (name, op, _), (s, e, m) in zip(layers, stats,
-                                                                          strict=True)]
-    width = max([len(r[0]) for r in rows] + [24])
-    lines = [f"{'layer':<{width}}  {'op':<20}  {'SQNR dB':>8}  {'max abs err':>12}",
-             "-" * (width + 48)]
-    lines += [f"{n:<{width}}  {op:<20}  {q:>8.2f}  {m:>12.5g}" for n, op, q, m in rows]
-    lines.append("-" * (width + 48))
-    lines.append(f"{'outputs (int8 program)':<{width}}  {'':<20}  "
-                 f"{sqnr(out_stats[0], out_stats[1]):>8.2f}  {out_stats[2]:>12.5g}")
-    fb, ib = constant_bytes(float_g), constant_bytes(int8)
-    lines.append(f"model size: float {fb:,} B, int8 {ib:,} B ({fb / max(ib, 1):.2f}x smaller)")
-    return "\n".join(lines)
+    rows = tuple(LayerError(name, op, sqnr(s, e), m)
+                 for (name, op, _), (s, e, m) in zip(layers, stats, strict=True))
+    return QuantReport(rows, sqnr(out_stats[0], out_stats[1]), out_stats[2],
+                       constant_bytes(float_g), constant_bytes(int8), float_g, int8,
+                       tuple(steps), len(batches))
 
 
 def _qp(v: Value) -> QParams:
