@@ -523,7 +523,7 @@ def avx2_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | No
 
 def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
     """``u @ w.T + bias`` for a uint8 ``u`` ``[M, K]`` and a constant int8 ``w`` ``[N, K]``
-    (``N % 16 == 0``) on :func:`vnni_dense_func`; int32 ``[M, N]``.
+    on :func:`vnni_dense_func` (``N`` padded to a multiple of 16); int32 ``[M, N]``.
 
     The caller folds its zero-point correction into ``bias`` (``-off * sum_k w``, see
     :func:`packed_conv`). A ``K`` that is not a multiple of 4 gets zero columns (zero weights:
@@ -534,11 +534,16 @@ def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | No
     kp = -(-k // 4) * 4
     if kp != k:
         u = ctx.emit(R.nn.pad(u, [0, 0, 0, kp - k]))
-    w2 = np.zeros((n, kp), dtype=np.int8)
-    w2[:, :k] = w
-    packed = w2.reshape(n // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
+    np_ = -(-n // 16) * 16  # N padded with zero rows, sliced off after the kernel
+    w2 = np.zeros((np_, kp), dtype=np.int8)
+    w2[:n, :k] = w
+    packed = w2.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
     wp = ctx.const(np.ascontiguousarray(packed), "int8")
-    cb = ctx.const(np.zeros(n, np.int32) if bias is None else bias.astype(np.int32), "int32")
-    name = f"qdense_vnni_{m}x{kp}x{n}"
-    gv = ctx.bb.add_func(vnni_dense_func(m, kp, n).with_attr("global_symbol", name), name)
-    return ctx.emit(relax.call_tir(gv, [u, wp, cb], relax.TensorType((m, n), "int32")))
+    cb = np.zeros(np_, np.int32)
+    if bias is not None:
+        cb[:n] = bias.astype(np.int32)
+    name = f"qdense_vnni_{m}x{kp}x{np_}"
+    gv = ctx.bb.add_func(vnni_dense_func(m, kp, np_).with_attr("global_symbol", name), name)
+    acc = ctx.emit(relax.call_tir(gv, [u, wp, ctx.const(cb, "int32")],
+                                  relax.TensorType((m, np_), "int32")))
+    return acc if np_ == n else ctx.emit(R.strided_slice(acc, [1], [0], [n]))
