@@ -32,7 +32,8 @@ Inputs = tuple[torch.Tensor, ...]
 Call = Callable[[], object]
 
 
-def time_call(fn: Call, *, repeat: int, number: int, warmup: int) -> float:
+def time_call(fn: Call, *, repeat: int, number: int, warmup: int,
+              clock: Callable[[], float] = time.perf_counter) -> float:
     """Median latency of one call of ``fn`` in milliseconds.
 
     Args:
@@ -40,15 +41,18 @@ def time_call(fn: Call, *, repeat: int, number: int, warmup: int) -> float:
         repeat: measurements; the median is taken over these.
         number: calls per measurement (the measurement is their mean).
         warmup: untimed calls first.
+        clock: wall time by default; ``time.process_time`` measures the CPU time this
+            process spent (with one thread: the latency an idle core would give, on a host
+            whose cores other processes share).
     """
     for _ in range(warmup):
         fn()
     samples = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(number):
             fn()
-        samples.append((time.perf_counter() - t0) * 1e3 / number)
+        samples.append((clock() - t0) * 1e3 / number)
     return statistics.median(samples)
 
 

@@ -222,7 +222,11 @@ class Bench:
             cell.cos = _cosine(_first_tensor(out), self.reference)
         number = self.timing.number_for(fn)
         cell.ms = _peers.time_call(fn, repeat=self.timing.repeat, number=number,
-                                   warmup=self.timing.warmup)
+                                   warmup=self.timing.warmup, clock=self.clock)
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return time.process_time if self.args.cpu_time else time.perf_counter
 
     # --- peers
     def torch_fp32(self, w: Workload, cell: Cell) -> None:
@@ -310,9 +314,14 @@ class Bench:
         if self.reference is not None:
             cell.cos = _cosine(_first_tensor(out), self.reference)
         number = self.timing.number_for(lambda: compiled(*w.inputs))
-        res = compiled.benchmark(*w.inputs, repeat=self.timing.repeat, number=number,
-                                 warmup=self.timing.warmup)
-        cell.ms = res.median_ms
+        if self.args.cpu_time:  # the same clock as the other rows
+            cell.ms = _peers.time_call(lambda: compiled(*w.inputs), repeat=self.timing.repeat,
+                                       number=number, warmup=self.timing.warmup,
+                                       clock=self.clock)
+        else:
+            res = compiled.benchmark(*w.inputs, repeat=self.timing.repeat, number=number,
+                                     warmup=self.timing.warmup)
+            cell.ms = res.median_ms
         if self.args.profile:
             report = compiled.profile(*w.inputs, repeat=self.timing.repeat,
                                       warmup=self.timing.warmup)
@@ -429,6 +438,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="print the per-kernel time table of each slimfx row after the table")
     p.add_argument("--profile-top", type=int, default=15,
                    help="kernels listed per profile table (the rest summed in one line)")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="time each call by this process's CPU time, not wall time (needs "
+                        "--threads 1): stable on a host whose cores other processes share")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log failures with tracebacks")
     args = p.parse_args(argv)
@@ -440,6 +452,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for m in args.models:
         if m not in MODELS:
             p.error(f"unknown model {m!r}; choose from {', '.join(MODELS)}")
+    if args.cpu_time and args.threads != 1:
+        p.error("--cpu-time needs --threads 1 (idle pool threads spin: CPU time is not latency)")
     return args
 
 
@@ -467,7 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.out:  # after each model, so a long run stopped early keeps its data
                     _write_json(Path(args.out), args, workloads, cells)
     env = environment(args)
-    print(f"batch 1, {args.threads} threads, medians of {timing.repeat}; "
+    clock = "CPU time" if args.cpu_time else "wall time"
+    print(f"batch 1, {args.threads} threads, {clock}, medians of {timing.repeat}; "
           f"tuned rows: {args.trials} trials; {env['cpu']}")
     print(f"torch {env['torch']}, onnxruntime {env['onnxruntime']}, tvm {env['tvm']}")
     for w in workloads:

@@ -46,3 +46,24 @@ def test_quick_table_prints_every_peer_row(tmp_path: Path) -> None:
         # every peer computes the same function as torch fp32 (int8 approximately)
         assert cell["cos"] > (0.9999 if "fp32" in runtime else 0.98), (runtime, cell["cos"])
     assert cells["slimfx fp32 tuned"]["ms"] is None
+
+
+def test_cpu_time_clock_needs_one_thread_and_counts_cpu_not_sleep() -> None:
+    import time
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _peers
+        import latency
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit):
+        latency.parse_args(["--cpu-time", "--threads", "2"])
+    assert latency.parse_args(["--cpu-time", "--threads", "1"]).cpu_time
+
+    def sleepy() -> None:
+        time.sleep(0.02)  # 20 ms of wall time, almost no CPU time
+
+    wall = _peers.time_call(sleepy, repeat=3, number=1, warmup=0)
+    cpu = _peers.time_call(sleepy, repeat=3, number=1, warmup=0, clock=time.process_time)
+    assert wall >= 19 and cpu < 5

@@ -105,9 +105,10 @@ def requant_value(v: tirx.PrimExpr, mul: tirx.PrimExpr, half: tirx.PrimExpr,
 
 
 def packable(x_dtype: str, w: np.ndarray, groups: int) -> bool:
-    """Whether :func:`packed_conv` applies: a dense int8 weight whose out channels divide 16."""
-    return (groups == 1 and w.dtype == np.int8 and w.shape[0] % 16 == 0
-            and x_dtype in ("int8", "uint8"))
+    """Whether :func:`packed_conv` applies: a dense int8 weight whose out channels divide 16
+    (on x86 any number: :func:`nhwc_conv` pads them to the kernel's lanes)."""
+    return (groups == 1 and w.dtype == np.int8 and x_dtype in ("int8", "uint8")
+            and (w.shape[0] % 16 == 0 or vnni_target() or avx2_target()))
 
 
 def _as_2d(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
@@ -128,7 +129,7 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     Args:
         ctx: the lowering context.
         x: the int8/uint8 input, ``[N, C, L]`` or ``[N, C, H, W]``.
-        w: the constant int8 weight, ``[OC, C, KL]`` or ``[OC, C, KH, KW]``; ``OC % 16 == 0``.
+        w: the constant int8 weight, ``[OC, C, KL]`` or ``[OC, C, KH, KW]``; ``OC % 16 == 0`` off x86.
         b: the int32 bias or None.
         stride, padding, dilation: the convolution's attributes (1 or 2 entries).
         x_zero_point: the input zero point.
@@ -205,7 +206,7 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
 def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
               stride: tuple[tuple[int, ...], ...], x_zero_point: int, vnni: bool,
               requant: Requant | None = None) -> Expr:
-    """2-D ``qconv2d`` (groups 1, constant int8 weight, ``OC % 16 == 0``) on x86: the
+    """2-D ``qconv2d`` (groups 1, constant int8 weight, any ``OC``) on x86: the
     channels-last im2col of :mod:`.im2col_nhwc` + the hand-scheduled dense; int32 NCHW.
 
     ``stride`` is the ``(stride, padding, dilation)`` triple of 2-tuples. ``vnni``: uint8
@@ -246,6 +247,18 @@ def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
     col = ctx.emit(R.reshape(col, [m, kp]))
     w2 = nh.reorder_weight(w, p)
     bias = b.value.numpy().astype(np.int64) if isinstance(b, tvm.ir.expr.Constant) else 0
+    # out channels padded to the kernel's lanes with zero weights (and a zero multiplier),
+    # sliced off after the kernel: the real channels' sums are unchanged
+    real_oc, oc = oc, -(-oc // (16 if vnni else 8)) * (16 if vnni else 8)
+    if oc != real_oc:
+        w2 = np.concatenate([w2, np.zeros((oc - real_oc, kp), w2.dtype)])
+        bias = np.concatenate([np.broadcast_to(np.asarray(bias, np.int64), (real_oc,)),
+                               np.zeros(oc - real_oc, np.int64)])
+        if requant is not None:
+            pad = np.zeros(oc - real_oc, np.int64)
+            requant = Requant(np.concatenate([requant.mul, pad]),
+                              np.concatenate([requant.shift, pad]), requant.zero_point,
+                              requant.qmin, requant.qmax, requant.dtype)
     if vnni:
         packed = w2.reshape(oc // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
         wp = ctx.const(np.ascontiguousarray(packed), "int8")
@@ -268,9 +281,11 @@ def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         out_dtype = requant.dtype
     gv = ctx.bb.add_func(func.with_attr("global_symbol", name), name)
     acc = ctx.emit(relax.call_tir(gv, args, relax.TensorType((m, oc), out_dtype)))
+    if oc != real_oc:
+        acc = ctx.emit(R.strided_slice(acc, [1], [0], [real_oc]))
     if b is not None and not isinstance(b, tvm.ir.expr.Constant):
-        acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
-    acc = ctx.emit(R.reshape(acc, [n, p.oh, p.ow, oc]))
+        acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, real_oc])))
+    acc = ctx.emit(R.reshape(acc, [n, p.oh, p.ow, real_oc]))
     return ctx.emit(R.permute_dims(acc, [0, 3, 1, 2]))
 
 
@@ -508,7 +523,7 @@ def avx2_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | No
 
 def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
     """``u @ w.T + bias`` for a uint8 ``u`` ``[M, K]`` and a constant int8 ``w`` ``[N, K]``
-    (``N % 16 == 0``) on :func:`vnni_dense_func`; int32 ``[M, N]``.
+    on :func:`vnni_dense_func` (``N`` padded to a multiple of 16); int32 ``[M, N]``.
 
     The caller folds its zero-point correction into ``bias`` (``-off * sum_k w``, see
     :func:`packed_conv`). A ``K`` that is not a multiple of 4 gets zero columns (zero weights:
@@ -519,11 +534,16 @@ def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | No
     kp = -(-k // 4) * 4
     if kp != k:
         u = ctx.emit(R.nn.pad(u, [0, 0, 0, kp - k]))
-    w2 = np.zeros((n, kp), dtype=np.int8)
-    w2[:, :k] = w
-    packed = w2.reshape(n // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
+    np_ = -(-n // 16) * 16  # N padded with zero rows, sliced off after the kernel
+    w2 = np.zeros((np_, kp), dtype=np.int8)
+    w2[:n, :k] = w
+    packed = w2.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
     wp = ctx.const(np.ascontiguousarray(packed), "int8")
-    cb = ctx.const(np.zeros(n, np.int32) if bias is None else bias.astype(np.int32), "int32")
-    name = f"qdense_vnni_{m}x{kp}x{n}"
-    gv = ctx.bb.add_func(vnni_dense_func(m, kp, n).with_attr("global_symbol", name), name)
-    return ctx.emit(relax.call_tir(gv, [u, wp, cb], relax.TensorType((m, n), "int32")))
+    cb = np.zeros(np_, np.int32)
+    if bias is not None:
+        cb[:n] = bias.astype(np.int32)
+    name = f"qdense_vnni_{m}x{kp}x{np_}"
+    gv = ctx.bb.add_func(vnni_dense_func(m, kp, np_).with_attr("global_symbol", name), name)
+    acc = ctx.emit(relax.call_tir(gv, [u, wp, ctx.const(cb, "int32")],
+                                  relax.TensorType((m, np_), "int32")))
+    return acc if np_ == n else ctx.emit(R.strided_slice(acc, [1], [0], [n]))

@@ -8,7 +8,7 @@ The integer program is lowered with the exact semantics of the torch kernels
   a ``qlinear`` with a constant int8 weight whose sizes divide (N % 16, K % 4) is written as
   a u8 x s8 dense on a packed weight instead, the form meta-schedule tensorizes with VNNI
   (see :func:`_packed_qlinear`); on an x86 VNNI target it is the hand-scheduled vpdpbusd
-  kernel (:func:`.conv_int8.vnni_matmul`, any K), on AVX2 the int16 vpmaddwd kernel;
+  kernel (:func:`.conv_int8.vnni_matmul`, any N and K), on AVX2 the int16 vpmaddwd kernel;
 - ``requantize`` and the int8 -> int8 ops compute in int64:
   ``clamp(rshift_round(v * M0, n) + zp, qmin, qmax)`` with
   ``rshift_round(v, n) = (v + 2**(n-1)) >> n`` (arithmetic shift, half up; ``v`` for n = 0);
@@ -271,8 +271,8 @@ def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = N
             pass
         elif conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
             return _avx2_qlinear(ctx, node, x, wn, b)
-        elif wn.shape[0] % 16 == 0 and ctx.dtype_of(x) in ("int8", "uint8") and \
-                (wn.shape[1] % 4 == 0 or conv_int8.vnni_target()):
+        elif ctx.dtype_of(x) in ("int8", "uint8") and (conv_int8.vnni_target() or (
+                wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0)):
             return _packed_qlinear(ctx, node, x, wn, b)
     xs = _shifted(ctx, x, node.attrs["x_zero_point"], "int32")
     wt = ctx.permute(ctx.cast(w, "int32"), [1, 0])

@@ -45,11 +45,13 @@ class _Edges(nn.Module):
         self.wide_pad = nn.Conv2d(3, 16, 5, stride=2, padding=2)  # 5x5, stride 2
         self.then = nn.Conv2d(16, 16, 3, padding=1)              # int8 -> int8 -> int8
         self.line = nn.Conv1d(3, 16, 3, padding=1)               # conv1d
+        self.narrow = nn.Conv2d(5, 24, 3, padding=1)             # out channels 24: padded
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, d: torch.Tensor,
                 e: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (torch.relu(self.one_channel(a)), self.odd(b), torch.relu(self.pointwise(c)),
-                self.tiny(d), self.then(torch.relu(self.wide_pad(e))), self.line(f))
+                self.tiny(d), self.then(torch.relu(self.wide_pad(e))), self.line(f),
+                self.narrow(b))
 
 
 def _inputs(gen: torch.Generator, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
@@ -94,7 +96,7 @@ def test_every_packed_conv_writes_int8(graph: slimfx.ir.Graph, target: str) -> N
     dense = [gv.name_hint for gv in mod.functions if gv.name_hint.startswith("qconv_")
              and "_dense_" in gv.name_hint]
     convs = [n for n in graph.nodes if n.op.name in ("qconv1d", "qconv2d")]
-    assert len(dense) == len(convs) == 7
+    assert len(dense) == len(convs) == 8
     assert all(name.startswith(f"qconv_{kind}_dense_") and "_rq_int8_" in name
                for name in dense), dense
     # no int32 tensor between the kernels: the relax function never requantizes itself
