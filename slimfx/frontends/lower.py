@@ -192,22 +192,41 @@ def _fill(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     return b.add("expand", [c], {"shape": list(t.shape)}) if t.rank else c
 
 
+#: An ``arange`` over an unbounded symbol caps it here (the symbol's range is narrowed).
+ARANGE_CAP = 8192
+
+
 def _arange(b: GraphBuilder, op: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
             meta: Any) -> Value:
     """``torch.arange`` with a symbolic bound (``arange(S)``): a slice of a constant.
 
-    The constant runs to the largest end the symbols' ranges allow, so the bound must
-    be bounded (``Dim("S", max=512)``).
+    The constant runs to the largest end the symbols' ranges allow. A symbol without
+    an upper bound (``Dim.AUTO``) gets one, :data:`ARANGE_CAP`, logged: inputs beyond
+    it are then a RuntimeInputError naming the symbol, never wrong numbers; declare
+    ``Dim("S", max=...)`` for more.
     """
     a = bind(op, args, kwargs)
     start, end, step = a.get("start") or 0, a["end"], a.get("step") or 1
-    top = _upper_bound(b, end)
-    if type(start) is not int or type(step) is not int or step < 1 or top is None:
+    if type(start) is not int or type(step) is not int or step < 1:
         raise TraceError(
             f"aten.arange at {b.source}: arange(start={start}, end={end}, step={step}) has a "
             "symbolic size; slimfx builds it as a slice of a constant arange, which needs "
-            "an integer start and step >= 1 and an upper bound on the symbols: declare "
-            "it in dynamic_shapes, e.g. Dim(\"S\", max=512), or keep that dim static")
+            "an integer start and step >= 1; keep that dim static")
+    top = _upper_bound(b, end)
+    if top is None and type(end) is not int and end.is_Symbol:
+        rng = b.graph.symbols.get(end.name)
+        if rng is not None and rng.min <= ARANGE_CAP:
+            b.graph.add_symbol(end.name, rng.min, ARANGE_CAP)
+            logger.info("trace: arange(%s) at %s: symbol %s gets the upper bound %d (was "
+                        "unbounded); declare Dim(%r, max=...) in dynamic_shapes for more",
+                        end, b.source, end.name, ARANGE_CAP, end.name)
+            top = ARANGE_CAP
+    if top is None:
+        raise TraceError(
+            f"aten.arange at {b.source}: arange(start={start}, end={end}, step={step}) has a "
+            "symbolic size; slimfx builds it as a slice of a constant arange, which needs "
+            "an upper bound on the symbols: declare it in dynamic_shapes, e.g. "
+            "Dim(\"S\", max=512), or keep that dim static")
     dtype = TensorType.of(meta).torch_dtype
     c = b.constant(torch.arange(0, max(top, start), 1, dtype=dtype), b.name_hint("arange"))
     return b.add("slice", [c], {"axis": 0, "start": start, "end": end, "step": step})

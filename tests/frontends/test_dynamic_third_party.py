@@ -7,12 +7,15 @@ end, ``arange(S)`` a slice of a constant, ``ones(B, S)`` an expanded scalar.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch.export import Dim
 
 import slimfx
-from slimfx.errors import TraceError
+from slimfx.errors import RuntimeInputError
+from slimfx.frontends.lower import ARANGE_CAP
 
 transformers = pytest.importorskip("transformers")
 
@@ -65,18 +68,38 @@ def test_bert_dynamic_int8_equals_static_traces(bert) -> None:
             assert torch.equal(q(ids, mask)[0], ref(ids, mask)[0]), (b, s)
 
 
-def test_unbounded_sequence_symbol_for_arange_is_a_trace_error() -> None:
+def test_arange_over_a_symbol_is_a_slice_of_a_constant(caplog) -> None:
     class Positions(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return x + torch.arange(x.shape[1])
 
-    with pytest.raises(TraceError, match=r"aten.arange .* Dim\(\"S\", max=512\)"):
-        slimfx.trace(Positions(), torch.zeros(2, 5, dtype=torch.int64),
-                     dynamic_shapes=({1: Dim("S")},))
     g = slimfx.trace(Positions(), torch.zeros(2, 5, dtype=torch.int64),
                      dynamic_shapes=({1: Dim("S", max=40)},))
+    assert "slice(%arange) {axis=0, start=0, end=S, step=1} : i64[S]" in str(g)
     x = torch.randint(0, 9, (2, 31))
     assert torch.equal(slimfx.to_torch(g)(x), Positions()(x))
+    with caplog.at_level(logging.INFO, logger="slimfx.frontends"):
+        auto = slimfx.trace(Positions(), torch.zeros(2, 5, dtype=torch.int64),
+                            dynamic_shapes=({1: Dim.AUTO},))
+    assert auto.symbols["S"].max == ARANGE_CAP and "gets the upper bound 8192" in caplog.text
+    with pytest.raises(RuntimeInputError, match=r"size 8193 is outside the range of symbol S"):
+        slimfx.to_torch(auto)(torch.zeros(2, ARANGE_CAP + 1, dtype=torch.int64))
+
+
+@pytest.mark.slow
+def test_default_dynamic_batch_serves_a_sentence_model(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = transformers.BertModel(transformers.BertConfig(**_TEXT)).eval()
+    monkeypatch.setattr(slimfx.frontends, "DEFAULT_DYNAMIC_BATCH", True)
+    ids, mask = _text(20, 12)
+    g = slimfx.trace(model, {"input_ids": ids, "attention_mask": mask})
+    # Dim.AUTO per input: torch.export gives each input's batch its own symbol here
+    assert [str(v.type) for v in g.inputs] == ["i64[N,12]", "i64[N2,12]"]
+    ids, mask = _text(3, 12, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(slimfx.to_torch(g)(ids, mask)[0],
+                                   model(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_resnet_any_batch() -> None:
