@@ -11,7 +11,8 @@ they will in the integer program):
 (the simulated output is the dequantized result of the node's output ``quantize``).
 
 The last rows compare the graph outputs of the exact integer program with the
-float ones, and the constant bytes of the float and int8 graphs.
+float ones, and the constant bytes of the float and int8 graphs as they are stored
+(4-bit weights packed two per byte, ``slimfx/ir/int4.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from slimfx.backends.torch import KERNELS, to_torch
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Value
+from slimfx.ir.int4 import stored_nbytes
 from slimfx.ir.types import QParams
 from slimfx.passes.quant.api import prepare_ptq
 from slimfx.passes.quant.arguments import (
@@ -43,9 +45,8 @@ __all__ = ["report", "constant_bytes", "sqnr"]
 
 
 def constant_bytes(graph: Graph) -> int:
-    """Bytes held by the graph's constants."""
-    return sum(v.const.numel() * v.const.element_size() for v in graph.constants.values()
-               if v.const is not None)
+    """Bytes the graph's constants take in a graph file (4-bit weights packed)."""
+    return sum(stored_nbytes(v) for v in graph.constants.values() if v.const is not None)
 
 
 def sqnr(signal: float, noise: float) -> float:
@@ -129,7 +130,8 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
     lines.append(f"{'outputs (int8 program)':<{width}}  {'':<20}  "
                  f"{sqnr(out_stats[0], out_stats[1]):>8.2f}  {out_stats[2]:>12.5g}")
     fb, ib = constant_bytes(float_g), constant_bytes(int8)
-    lines.append(f"model size: float {fb:,} B, int8 {ib:,} B ({fb / max(ib, 1):.2f}x smaller)")
+    lines.append(f"model size: float {fb:,} B, quantized {ib:,} B "
+                 f"({fb / max(ib, 1):.2f}x smaller)")
     return "\n".join(lines)
 
 
