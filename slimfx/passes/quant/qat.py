@@ -8,10 +8,12 @@
     g8 = slimfx.convert(m)                     # the exact integer program that was trained
     c = slimfx.compile(g8, "x86")
 
-:func:`prepare_qat` runs the ``qat-int8`` pipeline: the passes of ``ptq-int8``
-(``remove-identity,fold-bn,fuse-activation,dce,insert-observers``), then calibration on
-``data``, then ``insert-fake-quant`` (and, with ``fold_bn="batch-stats"``, the BN
-rewrite of ``qat_bn.py``). The fake quantization therefore sits exactly where
+:func:`prepare_qat` runs the ``qat-int8`` pipeline under one :class:`PassContext` (pass
+``ctx=`` for instruments): the passes of ``ptq-int8``
+(``remove-identity,fold-bn,fuse-activation,dce,insert-observers``), ``calibrate`` on
+``data``, then ``insert-fake-quant``; with ``fold_bn="batch-stats"`` it is ``qat-int8-bn``,
+which adds ``record-conv-bn`` first and ``insert-conv-bn`` (the BN rewrite of
+``qat_bn.py``) last. The fake quantization therefore sits exactly where
 ``convert-int8`` quantizes and starts from the post-training parameters. **Data is
 required**: activation ranges come from calibrating on it (a guessed default range would
 clip or waste most of the int8 levels of a real network, and training from it
@@ -67,18 +69,18 @@ from slimfx.backends.torch.module import SlimfxModule, sync_constants
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph
 from slimfx.ir.ops import Trait
+from slimfx.passes.context import PassContext
 from slimfx.passes.pipeline import Pipeline
-from slimfx.passes.quant.api import FORMS, prepare_ptq
+from slimfx.passes.quant.api import FORMS, run_steps
 from slimfx.passes.quant.arguments import check_data, check_num_batches, expect_graph
-from slimfx.passes.quant.calibrate import calibrate
+from slimfx.passes.quant.calibrate import Calibrate
 from slimfx.passes.quant.convert_int8 import convert_int8
-from slimfx.passes.quant.insert_fake_quant import fake_quant_qparams, insert_fake_quant
+from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant, fake_quant_qparams
+from slimfx.passes.quant.pipelines import QAT_BN_PREPARE, QAT_PREPARE
 from slimfx.passes.quant.qat_bn import (
-    bn_pairs,
     fold_conv_bn,
     freeze_bn_stats,
     freeze_observers,
-    insert_conv_bn,
     update_bn_stats,
 )
 from slimfx.passes.quant.qconfig import QConfig
@@ -94,7 +96,8 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
                 qconfig: QConfig | None = None, *, learn_scales: bool = False,
                 learn_zero_points: bool = False,
                 fold_bn: Literal["batch-stats", "running"] = "running",
-                num_batches: int | None = None, progress: bool = False) -> Graph:
+                num_batches: int | None = None, progress: bool = False,
+                ctx: PassContext | None = None) -> Graph:
     """A copy of ``graph`` ready for quantization-aware training (see the module docstring).
 
     Args:
@@ -112,6 +115,8 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
             module docstring), then :func:`freeze_bn_stats`.
         num_batches: calibrate on at most this many batches.
         progress: show a progress bar during calibration.
+        ctx: the :class:`PassContext` every pass runs under (instruments); a fresh one by
+            default. ``prepare_qat`` sets its ``data`` and ``qconfig`` attributes.
 
     Returns:
         The graph with ``fake_quantize`` nodes; run it with :func:`slimfx.to_torch`.
@@ -144,13 +149,20 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
         raise QuantizationError(f"slimfx.prepare_qat: fold_bn={fold_bn!r} is not a mode; choose "
                                 "'batch-stats' (train with batch statistics) or 'running'")
     check_num_batches(num_batches, "slimfx.prepare_qat")
-    data = check_data(data, "slimfx.prepare_qat")
-    pairs = bn_pairs(g) if fold_bn == "batch-stats" else []
-    g = prepare_ptq(g, qconfig)
-    calibrate(g, data, num_batches=num_batches, progress=progress)
-    insert_fake_quant(g, learn_scale=learn_scales, learn_zero_point=learn_zero_points)
-    insert_conv_bn(g, pairs)
-    return g
+    if ctx is not None and not isinstance(ctx, PassContext):
+        raise QuantizationError(f"slimfx.prepare_qat: ctx must be a slimfx PassContext, got "
+                                f"{type(ctx).__name__}")
+    ctx = ctx if ctx is not None else PassContext()
+    setattr(ctx, "data", check_data(data, "slimfx.prepare_qat"))  # noqa: B010  (calibrate)
+    setattr(ctx, "qconfig", qconfig or QConfig.preset())  # noqa: B010  (insert-observers)
+    steps = []
+    for p in Pipeline(QAT_BN_PREPARE if fold_bn == "batch-stats" else QAT_PREPARE).passes:
+        if isinstance(p, Calibrate):
+            p = Calibrate(num_batches=num_batches or 0, progress=progress)
+        elif isinstance(p, InsertFakeQuant):
+            p = InsertFakeQuant(learn_scale=learn_scales, learn_zero_point=learn_zero_points)
+        steps.append(p)
+    return run_steps(steps, g.clone(), ctx)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
