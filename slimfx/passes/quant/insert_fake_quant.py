@@ -36,10 +36,11 @@ from slimfx.ir.core import Graph, Node
 from slimfx.ir.types import QParams
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
-from slimfx.passes.quant.quantize_dequantize import observer_qparams
+from slimfx.passes.quant.quantize_dequantize import observer_qparams, replace_with_qdq
 from slimfx.passes.registry import register_pass
 
-__all__ = ["InsertFakeQuant", "insert_fake_quant", "fake_quant_qparams", "uncalibrated"]
+__all__ = ["InsertFakeQuant", "insert_fake_quant", "fake_quant_qparams", "uncalibrated",
+           "FakeQuantToQdq", "fake_quant_to_qdq"]
 
 
 def uncalibrated(graph: Graph) -> list[Node]:
@@ -141,3 +142,40 @@ class InsertFakeQuant(Pass):
         n = insert_fake_quant(graph, learn_scale=self.learn_scale,
                               learn_zero_point=self.learn_zero_point)
         return PassResult(graph, n > 0)
+
+
+def fake_quant_to_qdq(graph: Graph) -> int:
+    """Replaces every ``fake_quantize`` in place by the quantize / dequantize pair of its
+    current parameters (a constant operand, a weight, quantized ahead of time); returns
+    how many. The QDQ form computes bit for bit what the fake quantization computes.
+
+    Raises:
+        QuantizationError: a trained scale that is not positive (see
+            :func:`fake_quant_qparams`).
+    """
+    fqs = graph.find("fake_quantize")
+    for node in fqs:
+        replace_with_qdq(graph, node, fake_quant_qparams(node))
+    return len(fqs)
+
+
+@register_pass
+@dataclass(frozen=True)
+class FakeQuantToQdq(Pass):
+    """Trained ``fake_quantize`` -> quantize/dequantize pairs (``convert-qat``'s second pass).
+
+    Requires BatchNorm trained on batch statistics to be folded first (``fold-conv-bn``):
+    the weight must be a constant to be quantized ahead of time.
+    """
+
+    name = "fake-quant-to-qdq"
+
+    def requires(self, graph: Graph) -> None:
+        left = graph.find("fold_bn") or graph.find("conv2d_bn")
+        if left:
+            raise QuantizationError(f"{left[0].describe()}: BatchNorm still trains on batch "
+                                    "statistics; run 'fold-conv-bn' before "
+                                    "'fake-quant-to-qdq' (pipeline 'convert-qat')")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(graph, fake_quant_to_qdq(graph) > 0)

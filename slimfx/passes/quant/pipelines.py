@@ -8,7 +8,8 @@ all of it as one pipeline, :data:`PTQ_FULL`. ``ptq-int8-cle`` is ``ptq-int8`` wi
 ``equalize-cross-layer`` after ``fold-bn``. ``qat-int8`` is the ``ptq-int8`` preparation,
 ``calibrate`` and ``insert-fake-quant`` (see :func:`slimfx.prepare_qat`); ``qat-int8-bn``
 the same with BatchNorm trained on batch statistics (``record-conv-bn`` first,
-``insert-conv-bn`` last). The others are complete.
+``insert-conv-bn`` last). ``convert-qat`` turns the trained graph into the integer
+program (:func:`slimfx.convert`). The others are complete.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from slimfx.passes.registry import register_pipeline
 
 __all__ = ["PTQ_PREPARE", "PTQ_CLE_PREPARE", "QAT_PREPARE", "QAT_BN_PREPARE", "CONVERT_INT8",
-           "PTQ_FULL"]
+           "CONVERT_QAT", "PTQ_FULL"]
 
 PTQ_PREPARE = "remove-identity,fold-bn,fuse-activation,dce,insert-observers"
 CONVERT_INT8 = "quantize-dequantize,hoist-passthrough,qdq-to-int8"
@@ -45,6 +46,11 @@ register_pipeline("qat-int8", QAT_PREPARE,
                   "data) runs it, slimfx.convert(trained module) gives the int8 program")
 QAT_BN_PREPARE = "record-conv-bn," + QAT_PREPARE + ",insert-conv-bn"
 
+CONVERT_QAT = "fold-conv-bn,fake-quant-to-qdq,hoist-passthrough,qdq-to-int8,dce"
+
+register_pipeline("convert-qat", CONVERT_QAT,
+                  "a trained QAT graph -> the exact integer program (slimfx.convert runs it; "
+                  "form='qdq' stops before qdq-to-int8)")
 register_pipeline("qat-int8-bn", QAT_BN_PREPARE,
                   "qat-int8 with each conv2d -> batch_norm trained on batch statistics "
                   "(slimfx.prepare_qat(..., fold_bn='batch-stats'))")

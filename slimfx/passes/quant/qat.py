@@ -23,9 +23,11 @@ Training updates the float weights (and, with ``learn_scales=True``, the scales 
 see ``slimfx/backends/torch/kernels_qat.py``); the ranges stay fixed otherwise.
 
 :func:`convert` writes the module's parameters (weights, biases, scales, zero points)
-into a copy of the graph, replaces every ``fake_quantize`` by the ``quantize`` /
-``dequantize`` pair with its current parameters (weights quantized ahead of time, as
-``quantize-dequantize`` does) and runs ``convert-int8``. Because the fake quantization is
+into a copy of the graph and runs the ``convert-qat`` pipeline on it: ``fold-conv-bn``
+(BatchNorm trained on batch statistics folds its final running statistics),
+``fake-quant-to-qdq`` (every ``fake_quantize`` becomes the ``quantize`` / ``dequantize``
+pair with its current parameters, weights quantized ahead of time, as
+``quantize-dequantize`` does), ``hoist-passthrough``, ``qdq-to-int8`` and ``dce``. Because the fake quantization is
 bit-identical to that QDQ form, ``convert(m, form="qdq")`` computes exactly what ``m``
 computes in eval mode, and ``convert(prepare_qat(g, data))`` equals
 ``quantize(g, data)``.
@@ -74,17 +76,15 @@ from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant.api import FORMS, run_steps
 from slimfx.passes.quant.arguments import check_data, check_num_batches, expect_graph
 from slimfx.passes.quant.calibrate import Calibrate
-from slimfx.passes.quant.convert_int8 import convert_int8
-from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant, fake_quant_qparams
-from slimfx.passes.quant.pipelines import QAT_BN_PREPARE, QAT_PREPARE
+from slimfx.passes.quant.convert_int8 import QdqToInt8
+from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
+from slimfx.passes.quant.pipelines import CONVERT_QAT, QAT_BN_PREPARE, QAT_PREPARE
 from slimfx.passes.quant.qat_bn import (
-    fold_conv_bn,
     freeze_bn_stats,
     freeze_observers,
     update_bn_stats,
 )
 from slimfx.passes.quant.qconfig import QConfig
-from slimfx.passes.quant.quantize_dequantize import hoist_passthrough, replace_with_qdq
 
 __all__ = ["prepare_qat", "convert", "freeze_bn_stats", "update_bn_stats", "freeze_observers",
            "FOLD_BN_MODES"]
@@ -204,8 +204,8 @@ def _graph_of(obj: Any) -> Graph:
         f"or a graph from slimfx.prepare_qat, got {type(obj).__name__}")
 
 
-def convert(model: torch.nn.Module | Graph, *,
-            form: Literal["int8", "qdq"] = "int8") -> Graph:
+def convert(model: torch.nn.Module | Graph, *, form: Literal["int8", "qdq"] = "int8",
+            ctx: PassContext | None = None) -> Graph:
     """The quantized graph of a trained QAT module (or of a ``prepare_qat`` graph).
 
     Args:
@@ -214,6 +214,8 @@ def convert(model: torch.nn.Module | Graph, *,
         form: ``int8`` for the exact integer program (ready for :func:`slimfx.compile`),
             ``qdq`` for the quantize/dequantize form, which computes bit for bit what the
             module computes in eval mode.
+        ctx: the :class:`PassContext` the ``convert-qat`` passes run under (instruments);
+            a fresh one by default.
 
     Returns:
         A new graph; ``model`` is left untouched.
@@ -234,10 +236,6 @@ def convert(model: torch.nn.Module | Graph, *,
         raise QuantizationError(
             f"slimfx.convert: graph @{g.name} {state}; call slimfx.prepare_qat(graph, data), "
             "train slimfx.to_torch(prepared), then slimfx.convert(module)")
-    fold_conv_bn(g)  # batch-statistics BN: fold the final running statistics
-    for node in fqs:
-        replace_with_qdq(g, node, fake_quant_qparams(node))
-    hoist_passthrough(g)
-    if form == "int8":
-        convert_int8(g)
-    return Pipeline("dce")(g, inplace=True)
+    steps = [p for p in Pipeline(CONVERT_QAT).passes
+             if form == "int8" or not isinstance(p, QdqToInt8)]
+    return run_steps(steps, g, ctx if ctx is not None else PassContext())

@@ -50,6 +50,7 @@ the running statistics, as with ``fold_bn="running"``.
 As passes (pipeline ``qat-int8-bn``): ``record-conv-bn`` runs first, on the float graph,
 and keeps the pairs (with their tensors) in the context (``ctx.bn_pairs``), changing
 nothing; ``insert-conv-bn`` runs last, after ``insert-fake-quant``, and requires them.
+``fold-conv-bn`` (:func:`fold_conv_bn`) is the first pass of ``convert-qat``.
 
 Under DistributedDataParallel each replica normalizes by the statistics of its own
 shard (as ``nn.BatchNorm2d`` does without ``SyncBatchNorm``); DDP broadcasts the
@@ -74,7 +75,7 @@ from slimfx.passes.patterns import match
 from slimfx.passes.registry import register_pass
 
 __all__ = ["BnPair", "bn_pairs", "insert_conv_bn", "fold_conv_bn", "freeze_bn_stats",
-           "update_bn_stats", "freeze_observers", "RecordConvBn", "InsertConvBn"]
+           "update_bn_stats", "freeze_observers", "RecordConvBn", "InsertConvBn", "FoldConvBn"]
 
 logger = logging.getLogger(__name__)
 
@@ -302,3 +303,15 @@ class InsertConvBn(Pass):
                                     "float graph: run 'record-conv-bn' first, before 'fold-bn' "
                                     "(pipeline 'qat-int8-bn')")
         return PassResult(graph, insert_conv_bn(graph, pairs) > 0)
+
+
+@register_pass
+@dataclass(frozen=True)
+class FoldConvBn(Pass):
+    """Folds trained ``fold_bn`` / ``conv2d_bn`` pairs into constants and ``conv2d`` (with
+    the current running statistics): the first pass of ``convert-qat``."""
+
+    name = "fold-conv-bn"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(graph, fold_conv_bn(graph) > 0)

@@ -90,6 +90,21 @@ def test_prepare_qat_runs_every_step_under_one_context(digits, tmp_path):
         slimfx.prepare_qat(g, train[:3], ctx="dump")
 
 
+def test_convert_runs_the_convert_qat_passes(digits):
+    _, g, train, test, _ = digits
+    gb = slimfx.prepare_qat(g, train[:3], fold_bn="batch-stats")
+    ctx = PassContext([VerifyAfterEach()])
+    g8 = slimfx.convert(gb, ctx=ctx)
+    assert _names(ctx) == ["fold-conv-bn", "fake-quant-to-qdq", "hoist-passthrough",
+                           "qdq-to-int8", "dce"]
+    ctx = PassContext()
+    gqdq = slimfx.convert(gb, form="qdq", ctx=ctx)
+    assert "qdq-to-int8" not in _names(ctx) and gqdq.find("conv2d")
+    assert str(Pipeline("qdq-to-int8,dce")(gqdq)) == str(g8)
+    with pytest.raises(PassError, match="run 'fold-conv-bn' before 'fake-quant-to-qdq'"):
+        Pipeline("fake-quant-to-qdq")(gb)
+
+
 def _with_data(data) -> PassContext:
     ctx = PassContext()
     ctx.data = data  # type: ignore[attr-defined]
