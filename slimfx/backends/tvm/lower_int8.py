@@ -43,6 +43,7 @@ from slimfx.backends.tvm.lower import (
     to_tvm_dtype,
 )
 from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan, round_half_even
+from slimfx.backends.tvm.lower_int4 import int4_weights
 from slimfx.backends.tvm.lower_rnn import rnn
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
@@ -160,7 +161,7 @@ def _qconv(nd: int):
         return conv_int8.grouped_conv(ctx, x, w, b, stride=a["stride"], padding=a["padding"],
                                       dilation=a["dilation"], groups=a["groups"],
                                       x_zero_point=a["x_zero_point"], nd=nd)
-    return lower
+    return int4_weights(lower)  # 4-bit weights: stored packed (lower_int4.py)
 
 
 register_lowering("qconv1d")(_qconv(1))
@@ -262,6 +263,7 @@ def _avx2_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
 
 
 @register_lowering("qlinear")
+@int4_weights  # 4-bit weights: stored packed (lower_int4.py)
 def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     if isinstance(w, tvm.ir.expr.Constant) and ctx.dtype_of(w) == "int8":
         wn = w.value.numpy()

@@ -1,22 +1,29 @@
-"""``slimfx.quantize``: one call from a float graph to a quantized one.
+"""``slimfx.quantize``: one call from a float graph to a quantized one, as one pipeline.
 
-Static int8 runs in three steps: passes that *prepare* the graph (ending with
-``insert-observers``), calibration on the user's data (not a pass: it needs the data),
-then the passes that *convert* it (``quantize-dequantize``, ``convert-int8``). The named
-pipeline ``ptq-int8`` is the prepare half; ``quantize`` adds the rest. Any other
-pipeline string is run the same way, pass by pass:
+Static int8 is a pipeline of visible passes run under one :class:`PassContext` (its
+instruments see every step: timing, print-IR-after, verify-after-each, dump-to-dir)::
 
-- right after the pass that leaves uncalibrated observers in the graph
-  (``insert-observers``), ``quantize`` calibrates on ``data`` (and corrects the biases
-  when ``bias_correction=True``), then runs the remaining passes;
-- observers still in the graph at the end are converted: ``quantize-dequantize``, then
-  ``convert-int8`` unless ``form="qdq"``; so ``"fold-bn,insert-observers"`` gives the
-  same integer program as ``ptq-int8`` with that preparation;
-- a pipeline that runs ``quantize-dequantize`` or ``convert-int8`` with no observer before
-  it, or that inserts observers which select no node, raises :class:`QuantizationError`:
-  ``quantize`` never returns a float graph while claiming to have quantized it.
+    ptq-int8      remove-identity,fold-bn,fuse-activation,dce,insert-observers
+    calibrate     (on ctx.data: the user's data)      [bias-correction, when asked]
+    convert-int8  quantize-dequantize,hoist-passthrough,qdq-to-int8
+    dce
+
+(:data:`~slimfx.passes.quant.pipelines.PTQ_FULL`). Any other pipeline string is completed
+the same way, and the passes added are visible in ``ctx.history`` like the others:
+
+- each ``insert-observers`` not followed by ``calibrate`` gets ``calibrate`` (and
+  ``bias-correction`` when ``bias_correction=True``) right after it;
+- a ``quantize-dequantize`` without ``hoist-passthrough`` gets it right after; observers
+  never converted get ``quantize-dequantize,hoist-passthrough``, then ``qdq-to-int8``
+  unless ``form="qdq"``, then ``dce``; so ``"fold-bn,insert-observers"`` gives the same
+  integer program as ``ptq-int8`` with that preparation;
+- a pipeline that converts with no ``insert-observers`` before it, or whose observers
+  select no node, raises :class:`QuantizationError`: ``quantize`` never returns a float
+  graph while claiming to have quantized it.
 
 Pipelines without observers (``dynamic-int8``, ``fp16``, ``bf16``, ...) simply run.
+A failing pass raises the error of its own kind (:class:`QuantizationError`,
+:class:`CalibrationError`, ...) with the pipeline position and the passes run before it.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from slimfx.errors import QuantizationError
+from slimfx.errors import PassError, QuantizationError, SlimfxError
 from slimfx.ir.core import Graph
 from slimfx.passes.base import Pass
 from slimfx.passes.context import PassContext
+from slimfx.passes.eliminate_dead_code import EliminateDeadCode
+from slimfx.passes.instruments import Instrument, PassRecord
 from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (registers pipelines)
 from slimfx.passes.quant.arguments import (
@@ -37,15 +46,16 @@ from slimfx.passes.quant.arguments import (
     with_input_fn,
 )
 from slimfx.passes.quant.bias_correction import BiasCorrection
-from slimfx.passes.quant.bias_correction import bias_correction as correct_biases
-from slimfx.passes.quant.calibrate import calibrate
-from slimfx.passes.quant.convert_int8 import ConvertInt8, convert_int8
+from slimfx.passes.quant.calibrate import Calibrate
+from slimfx.passes.quant.convert_int8 import QdqToInt8
+from slimfx.passes.quant.hoist_passthrough import HoistPassthrough
 from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
-from slimfx.passes.quant.insert_observers import InsertObservers, insert_observers
+from slimfx.passes.quant.insert_observers import InsertObservers
+from slimfx.passes.quant.pipelines import PTQ_PREPARE
 from slimfx.passes.quant.qconfig import INTEGER_OPS, QConfig
-from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize, to_qdq
+from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
 
-__all__ = ["quantize", "prepare_ptq", "FORMS"]
+__all__ = ["quantize", "prepare_ptq", "FORMS", "static_steps", "run_steps"]
 
 _PREPARE_FLOAT = "remove-identity,fold-bn,fuse-activation,dce"
 
@@ -53,16 +63,17 @@ FORMS = ("int8", "qdq")
 """The values of ``quantize(..., form=...)``."""
 
 
-def prepare_ptq(graph: Graph, qconfig: QConfig | None = None) -> Graph:
-    """A copy of ``graph`` with BN folded, activations fused and observers inserted.
+def prepare_ptq(graph: Graph, qconfig: QConfig | None = None, *,
+                ctx: PassContext | None = None) -> Graph:
+    """A copy of ``graph`` with BN folded, activations fused and observers inserted (the
+    ``ptq-int8`` pipeline, with ``qconfig`` in ``ctx.qconfig``).
 
     Raises:
         QuantizationError: the qconfig selects no node of the graph.
     """
-    g = Pipeline(_PREPARE_FLOAT)(graph)
-    if insert_observers(g, qconfig) == 0:
-        raise _nothing_selected(g, "the qconfig")
-    return g
+    ctx = ctx if ctx is not None else PassContext()
+    setattr(ctx, "qconfig", qconfig if qconfig is not None else QConfig.preset())  # noqa: B010
+    return run_steps(list(Pipeline(PTQ_PREPARE).passes), graph.clone(), ctx)
 
 
 def _nothing_selected(graph: Graph, what: str) -> QuantizationError:
@@ -108,7 +119,7 @@ def _check_arguments(graph: Any, data: Any, pipeline: Any, qconfig: Any, form: A
 def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "ptq-int8",
              qconfig: QConfig | None = None, *, num_batches: int | None = None,
              form: Literal["int8", "qdq"] = "int8", progress: bool = False,
-             bias_correction: bool = False,
+             bias_correction: bool = False, ctx: PassContext | None = None,
              input_fn: Callable[[Any], Any] | None = None) -> Graph:
     """Quantizes a copy of ``graph`` (see the module docstring for any pipeline string).
 
@@ -127,6 +138,9 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         progress: show a progress bar during calibration.
         bias_correction: after calibration, subtract from each conv/linear bias the
             mean output shift its int8 weight causes on ``data`` (``bias-correction``).
+        ctx: the :class:`PassContext` every pass runs under (instruments: timing,
+            print-IR-after, verify-after-each, dump-to-dir); a fresh one by default.
+            ``quantize`` sets its ``data`` (and ``qconfig``) attributes.
         input_fn: ``batch -> inputs``, applied to each batch of ``data`` first (see
             :mod:`~slimfx.passes.quant.arguments`).
 
@@ -138,45 +152,96 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         CalibrationError: unusable calibration data.
     """
     g = _check_arguments(graph, data, pipeline, qconfig, form, num_batches)
+    if pipeline == "ptq-int8" and data is None:
+        raise QuantizationError("pipeline 'ptq-int8' needs calibration data: "
+                                "slimfx.quantize(graph, data=batches)")
     if data is not None:
         data = with_input_fn(check_data(data, "slimfx.quantize"), input_fn, "slimfx.quantize")
-    if pipeline == "ptq-int8":
-        if data is None:
-            raise QuantizationError("pipeline 'ptq-int8' needs calibration data: "
-                                    "slimfx.quantize(graph, data=batches)")
-        data = check_data(data, "slimfx.quantize")
-        g = prepare_ptq(g, qconfig)
-        data = list(data) if bias_correction else data  # read twice
-        _calibrate(g, data, num_batches, progress, bias_correction)
-        return _finish(g, form, converted=False)
+    if ctx is not None and not isinstance(ctx, PassContext):
+        raise QuantizationError(f"slimfx.quantize: ctx must be a slimfx PassContext, got "
+                                f"{type(ctx).__name__}")
+    if pipeline == "ptq-int8" and qconfig is None:
+        qconfig = QConfig.preset()
     return _run_pipeline(g, data, _as_pipeline(pipeline), num_batches=num_batches, form=form,
-                         progress=progress, bias_correction=bias_correction)
+                         progress=progress, bias_correction=bias_correction, qconfig=qconfig,
+                         ctx=ctx)
 
 
-def _calibrate(g: Graph, data: Iterable[Any], num_batches: int | None, progress: bool,
-               bias_correction: bool) -> None:
-    calibrate(g, data, num_batches=num_batches, progress=progress)
+class _CheckSelected(Instrument):
+    """Fails right after an ``insert-observers`` that selected nothing."""
+
+    def after_pass(self, record: PassRecord, ctx: PassContext) -> None:
+        g = record.result.graph
+        if isinstance(record.pass_, InsertObservers) and not g.find("observer"):
+            what = "the qconfig" if getattr(ctx, "qconfig", None) else f"pass {str(record.pass_)!r}"
+            raise _nothing_selected(g, what)
+
+
+def _origin(p: Pass, origin: tuple[str, ...]) -> str:
+    return origin[0] if origin else p.name
+
+
+def static_steps(pipe: Pipeline, *, form: str = "int8", bias_correction: bool = False,
+                 num_batches: int | None = None, progress: bool = False) -> list[Pass]:
+    """The passes :func:`quantize` runs for ``pipe`` (see the module docstring).
+
+    Raises:
+        QuantizationError: a conversion pass with no ``insert-observers`` before it.
+    """
+    walked = list(pipe._walk(()))
+    calib = [Calibrate(num_batches=num_batches or 0, progress=progress)]
     if bias_correction:
-        correct_biases(g, data, num_batches=num_batches)
+        calib.append(BiasCorrection())
+    out: list[Pass] = []
+    observed = False
+    for i, (p, origin) in enumerate(walked):
+        if isinstance(p, QuantizeDequantize | HoistPassthrough | QdqToInt8) and not observed:
+            name = _origin(p, origin)
+            raise QuantizationError(
+                f"pipeline {str(pipe)!r}: pass {name!r} (#{i}) has nothing to convert, no "
+                "observer comes before it, so the result would stay float; add "
+                f"'insert-observers' before {name!r} (or use pipeline 'ptq-int8')")
+        out.append(p)
+        if isinstance(p, InsertObservers):
+            observed = True
+            nxt = walked[i + 1][0] if i + 1 < len(walked) else None
+            if not isinstance(nxt, Calibrate):
+                out += calib
+        elif isinstance(p, QuantizeDequantize):
+            nxt = walked[i + 1][0] if i + 1 < len(walked) else None
+            if not isinstance(nxt, HoistPassthrough):
+                out.append(HoistPassthrough())
+    if not observed:
+        return out
+    last_obs = max(i for i, p in enumerate(out) if isinstance(p, InsertObservers))
+    tail = out[last_obs:]
+    if not any(isinstance(p, QuantizeDequantize) for p in tail):
+        out += [QuantizeDequantize(), HoistPassthrough()]
+    if form == "int8" and not any(isinstance(p, QdqToInt8) for p in tail):
+        out.append(QdqToInt8())
+    out.append(EliminateDeadCode())
+    return out
 
 
-def _finish(g: Graph, form: str, *, converted: bool) -> Graph:
-    """Converts the observers left in ``g`` to QDQ, then int8 (unless ``form="qdq"``)."""
-    if g.find("observer"):
-        to_qdq(g)
-    if form == "int8" and not converted:
-        convert_int8(g)
-    return Pipeline("dce")(g, inplace=True)
-
-
-def _uncalibrated(g: Graph) -> bool:
-    return any(not n.inputs[0].is_const and n.attrs["min_val"] is None
-               for n in g.find("observer"))
+def run_steps(passes: list[Pass], graph: Graph, ctx: PassContext) -> Graph:
+    """Runs ``passes`` as one pipeline on ``graph`` (in place) under ``ctx``; a pass that
+    fails raises the error of its own kind, with the PassError's context in the message."""
+    ctx.instruments.append(_CheckSelected())
+    try:
+        return Pipeline(passes).run(graph, ctx).graph
+    except PassError as e:
+        cause = e.__cause__
+        if isinstance(cause, SlimfxError) and not isinstance(cause, PassError):
+            raise type(cause)(str(e)) from cause
+        raise
+    finally:
+        ctx.instruments = [i for i in ctx.instruments if not isinstance(i, _CheckSelected)]
 
 
 def _run_pipeline(graph: Graph, data: Iterable[Any] | None, pipe: Pipeline, *,
                   num_batches: int | None, form: str, progress: bool,
-                  bias_correction: bool) -> Graph:
+                  bias_correction: bool, qconfig: QConfig | None,
+                  ctx: PassContext | None) -> Graph:
     passes = pipe.passes
     if any(isinstance(p, InsertFakeQuant) for p in passes):
         raise QuantizationError(f"pipeline {str(pipe)!r} prepares quantization-aware training "
@@ -193,35 +258,17 @@ def _run_pipeline(graph: Graph, data: Iterable[Any] | None, pipe: Pipeline, *,
         raise QuantizationError(f"slimfx.quantize: {what} applies to static int8 pipelines "
                                 f"(with 'insert-observers'), and {str(pipe)!r} has none; use "
                                 "'ptq-int8' or add insert-observers")
-    if form == "qdq" and any(isinstance(p, ConvertInt8) for p in passes):
+    if form == "qdq" and any(isinstance(p, QdqToInt8) for p in passes):
         raise QuantizationError(f"slimfx.quantize: form='qdq' asks for the simulated form but "
                                 f"pipeline {str(pipe)!r} runs 'convert-int8'; drop one of them")
-    ctx = PassContext()
+    steps = static_steps(pipe, form=form, bias_correction=bias_correction,
+                         num_batches=num_batches, progress=progress)
+    ctx = ctx if ctx is not None else PassContext()
     if data is not None:
         data = check_data(data, "slimfx.quantize")
-        if bias_correction or any(isinstance(p, BiasCorrection) for p in passes):
+        if sum(isinstance(p, Calibrate | BiasCorrection) for p in steps) > 1:
             data = list(data)  # read more than once
-            setattr(ctx, "data", data)  # noqa: B010  (what the bias-correction pass reads)
-    g = graph.clone()
-    calibrated = converted = False
-    for i, p in enumerate(passes):
-        if isinstance(p, QuantizeDequantize | ConvertInt8) and not (
-                g.find("observer") or g.find("quantize")):
-            raise QuantizationError(
-                f"pipeline {str(pipe)!r}: pass {p.name!r} (#{i}) has nothing to convert, no "
-                "observer comes before it, so the result would stay float; add "
-                f"'insert-observers' before {p.name!r} (or use pipeline 'ptq-int8')")
-        g = Pipeline([p]).run(g, ctx).graph
-        if isinstance(p, InsertObservers) and not g.find("observer"):
-            raise _nothing_selected(g, f"pass {str(p)!r}")
-        if _uncalibrated(g):
-            if data is None:
-                raise QuantizationError(f"pipeline {str(pipe)!r}: pass {str(p)!r} inserted "
-                                        "observers; pass calibration data to slimfx.quantize")
-            _calibrate(g, data, num_batches, progress, bias_correction)
-            calibrated, converted = True, False
-        elif isinstance(p, ConvertInt8):
-            converted = True
-    if not (static or calibrated):
-        return g
-    return _finish(g, form, converted=converted)
+        setattr(ctx, "data", data)  # noqa: B010  (what calibrate and bias-correction read)
+    if qconfig is not None:
+        setattr(ctx, "qconfig", qconfig)  # noqa: B010  (what insert-observers reads)
+    return run_steps(steps, graph.clone(), ctx)

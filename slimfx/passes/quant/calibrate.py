@@ -5,12 +5,16 @@ resulting fx graph is swapped for a stateful
 :class:`~slimfx.passes.quant.observers.ObserverModule`. After the last batch the
 range each observer chose is written back into the node's ``min_val`` /
 ``max_val`` attributes (typed IR fields), which is all later passes read.
+
+The ``calibrate`` pass does the same inside a pipeline, on the batches in ``ctx.data``
+(:func:`slimfx.quantize` and :func:`slimfx.prepare_qat` put the user's data there).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,6 +23,8 @@ from tqdm.auto import tqdm
 from slimfx.backends.torch import KERNELS, to_torch
 from slimfx.errors import CalibrationError, SlimfxError
 from slimfx.ir.core import Graph, Node
+from slimfx.passes.base import Pass, PassResult
+from slimfx.passes.context import PassContext
 from slimfx.passes.quant.arguments import (
     batch_args,
     check_data,
@@ -28,8 +34,9 @@ from slimfx.passes.quant.arguments import (
     with_input_fn,
 )
 from slimfx.passes.quant.observers import EPS, ObserverModule, make_observer, qparams_from_range
+from slimfx.passes.registry import register_pass
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "Calibrate"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +154,33 @@ def _empty_ranges(node: Node, lo: list[float], hi: list[float]) -> list[str]:
                 else f"{scale:.6g} from the range {widened}")
         out.append(f"{where} saw {what}, scale {used}")
     return out
+
+
+@register_pass
+@dataclass(frozen=True)
+class Calibrate(Pass):
+    """Runs the batches of ``ctx.data`` through the graph and records the observers' ranges.
+
+    Needs observers (``insert-observers`` first) and data: :func:`slimfx.quantize` and
+    :func:`slimfx.prepare_qat` set ``ctx.data`` to their ``data``; in a pipeline of your own
+    set ``ctx.data = batches`` on the :class:`PassContext` you run it with.
+    """
+
+    name = "calibrate"
+    num_batches: int = 0  # 0: every batch
+    progress: bool = False
+
+    def requires(self, graph: Graph) -> None:
+        if not graph.find("observer"):
+            raise CalibrationError(f"graph @{graph.name} has no observer nodes to calibrate; "
+                                   "run 'insert-observers' before 'calibrate'")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        data: Any = getattr(ctx, "data", None)
+        if data is None:
+            raise CalibrationError(
+                "pass 'calibrate' needs calibration batches in ctx.data: use "
+                "slimfx.quantize(graph, data) or slimfx.prepare_qat(graph, data), which run "
+                "it on their data, or set ctx.data = batches on the PassContext")
+        calibrate(graph, data, num_batches=self.num_batches or None, progress=self.progress)
+        return PassResult(graph, True)

@@ -1,4 +1,9 @@
-"""``convert-int8``: QDQ form -> the exact integer program (DESIGN.md §4).
+"""``qdq-to-int8``: QDQ form -> the exact integer program (DESIGN.md §4).
+
+The ``convert-int8`` pipeline is ``quantize-dequantize,hoist-passthrough,qdq-to-int8``:
+calibrated observers become QDQ pairs, value-moving ops move onto int8, then this pass
+rewrites the integer-capable ops. It requires the first two to have run (no observer
+left, no pass-through op still fed by a per-tensor dequantize) and says so otherwise.
 
 A node of ``INTEGER_OPS`` whose float operands all come from ``dequantize`` and
 whose only user is a per-tensor ``quantize`` becomes integer ops (``s`` scales,
@@ -20,9 +25,7 @@ whose only user is a per-tensor ``quantize`` becomes integer ops (``s`` scales,
 
 Anything else stays float between its dequantize/quantize nodes (a float island:
 normalizations such as ``layer_norm``, ``group_norm`` and ``instance_norm``,
-softmax, ...). Graphs still
-holding calibrated observers are first lowered to QDQ (``to_qdq``), so
-``insert-observers`` -> ``calibrate`` -> ``convert-int8`` works as in DESIGN §1.
+softmax, ...).
 """
 
 from __future__ import annotations
@@ -33,16 +36,18 @@ from dataclasses import dataclass
 
 import torch
 
+from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Node, Value
 from slimfx.ir.types import QParams
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
 from slimfx.passes.quant.fixed_point import quantize_multiplier, quantize_multipliers_shared
+from slimfx.passes.quant.hoist_passthrough import hoistable
 from slimfx.passes.quant.qconfig import INTEGER_OPS
-from slimfx.passes.quant.quantize_dequantize import attrs_qparams, to_qdq
+from slimfx.passes.quant.quantize_dequantize import attrs_qparams
 from slimfx.passes.registry import register_pass
 
-__all__ = ["ConvertInt8", "convert_int8"]
+__all__ = ["QdqToInt8", "convert_int8", "check_qdq_form"]
 
 logger = logging.getLogger(__name__)
 _I32 = (-(2**31), 2**31 - 1)
@@ -206,10 +211,32 @@ _RULES = {"conv1d": _weighted, "conv2d": _weighted, "linear": _weighted, "matmul
 assert set(_RULES) == INTEGER_OPS
 
 
+def check_qdq_form(graph: Graph) -> None:
+    """What ``qdq-to-int8`` requires: no observer left, pass-through ops hoisted.
+
+    Raises:
+        QuantizationError: naming the pass to run first.
+    """
+    left = graph.find("observer")
+    if left:
+        raise QuantizationError(
+            f"{left[0].describe()}: observers left; run 'quantize-dequantize' and "
+            "'hoist-passthrough' before 'qdq-to-int8' (the 'convert-int8' pipeline runs all "
+            "three)")
+    pending = hoistable(graph)
+    if pending:
+        raise QuantizationError(
+            f"{pending[0].describe()} reads a dequantize; run 'hoist-passthrough' before "
+            "'qdq-to-int8' (the 'convert-int8' pipeline does) so that it runs on int8")
+
+
 def convert_int8(graph: Graph) -> int:
-    """Rewrites matching nodes in place (see the module docstring); returns how many."""
-    if graph.find("observer"):
-        to_qdq(graph)
+    """Rewrites matching nodes in place (see the module docstring); returns how many.
+
+    Raises:
+        QuantizationError: the graph is not in hoisted QDQ form (:func:`check_qdq_form`).
+    """
+    check_qdq_form(graph)
     count = 0
     for node in list(graph.nodes):
         rule = _RULES.get(node.op.name)
@@ -246,10 +273,14 @@ def convert_int8(graph: Graph) -> int:
 
 @register_pass
 @dataclass(frozen=True)
-class ConvertInt8(Pass):
-    """Lowers QDQ (or calibrated observers) to exact int8/int32 integer ops."""
+class QdqToInt8(Pass):
+    """Lowers the QDQ form to exact int8/int32 integer ops (the last pass of ``convert-int8``)."""
 
-    name = "convert-int8"
+    name = "qdq-to-int8"
+
+    def requires(self, graph: Graph) -> None:
+        check_qdq_form(graph)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         return PassResult(graph, convert_int8(graph) > 0)
+

@@ -20,15 +20,14 @@ parameters when learnable, buffers otherwise):
   (asymmetric) schemes learn their zero point: symmetric weights keep zero point 0,
   which the integer conv/linear of ``convert-int8`` requires.
 
-Activation observers must be calibrated: by :func:`slimfx.calibrate` before the pass,
-or by the pass itself on the batches in ``ctx.data`` (what :func:`slimfx.prepare_qat`
-does). Weight (constant) observers need no data.
+Activation observers must be calibrated first: by the ``calibrate`` pass before it (the
+``qat-int8`` pipeline, which :func:`slimfx.prepare_qat` runs on its data) or by
+:func:`slimfx.calibrate`. Weight (constant) observers need no data.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -37,11 +36,11 @@ from slimfx.ir.core import Graph, Node
 from slimfx.ir.types import QParams
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
-from slimfx.passes.quant.calibrate import calibrate
-from slimfx.passes.quant.quantize_dequantize import observer_qparams
+from slimfx.passes.quant.quantize_dequantize import observer_qparams, replace_with_qdq
 from slimfx.passes.registry import register_pass
 
-__all__ = ["InsertFakeQuant", "insert_fake_quant", "fake_quant_qparams", "uncalibrated"]
+__all__ = ["InsertFakeQuant", "insert_fake_quant", "fake_quant_qparams", "uncalibrated",
+           "FakeQuantToQdq", "fake_quant_to_qdq"]
 
 
 def uncalibrated(graph: Graph) -> list[Node]:
@@ -123,27 +122,60 @@ def fake_quant_qparams(node: Node) -> QParams:
 @register_pass
 @dataclass(frozen=True)
 class InsertFakeQuant(Pass):
-    """Replaces calibrated observers by fake_quantize nodes (QAT; see the module docstring).
-
-    Calibrates first on ``ctx.data`` when activation observers have no range yet.
-    """
+    """Replaces calibrated observers by fake_quantize nodes (QAT; see the module docstring)."""
 
     name = "insert-fake-quant"
     learn_scale: bool = False
     learn_zero_point: bool = False
 
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+    def requires(self, graph: Graph) -> None:
         if not graph.find("observer"):
             raise QuantizationError("pass 'insert-fake-quant' needs observers: run "
                                     "'insert-observers' before it (pipeline 'qat-int8' does)")
-        data: Any = getattr(ctx, "data", None)
         if uncalibrated(graph):
-            if data is None:
-                raise QuantizationError(
-                    "pass 'insert-fake-quant' needs calibrated observers: use "
-                    "slimfx.prepare_qat(graph, data), or run slimfx.calibrate(graph, data) "
-                    "before it")
-            calibrate(graph, data, progress=False)
+            raise QuantizationError(
+                "pass 'insert-fake-quant' needs calibrated observers: run 'calibrate' before "
+                "it (pipeline 'qat-int8' does; slimfx.prepare_qat(graph, data) runs it on "
+                "data), or slimfx.calibrate(graph, data)")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         n = insert_fake_quant(graph, learn_scale=self.learn_scale,
                               learn_zero_point=self.learn_zero_point)
         return PassResult(graph, n > 0)
+
+
+def fake_quant_to_qdq(graph: Graph) -> int:
+    """Replaces every ``fake_quantize`` in place by the quantize / dequantize pair of its
+    current parameters (a constant operand, a weight, quantized ahead of time); returns
+    how many. The QDQ form computes bit for bit what the fake quantization computes.
+
+    Raises:
+        QuantizationError: a trained scale that is not positive (see
+            :func:`fake_quant_qparams`).
+    """
+    fqs = graph.find("fake_quantize")
+    for node in fqs:
+        replace_with_qdq(graph, node, fake_quant_qparams(node))
+    return len(fqs)
+
+
+@register_pass
+@dataclass(frozen=True)
+class FakeQuantToQdq(Pass):
+    """Trained ``fake_quantize`` -> quantize/dequantize pairs (``convert-qat``'s second pass).
+
+    Requires BatchNorm trained on batch statistics to be folded first (``fold-conv-bn``):
+    the weight must be a constant to be quantized ahead of time.
+    """
+
+    name = "fake-quant-to-qdq"
+
+    def requires(self, graph: Graph) -> None:
+        left = graph.find("fold_bn") or graph.find("conv2d_bn")
+        if left:
+            raise QuantizationError(f"{left[0].describe()}: BatchNorm still trains on batch "
+                                    "statistics; run 'fold-conv-bn' before "
+                                    "'fake-quant-to-qdq' (pipeline 'convert-qat')")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(graph, fake_quant_to_qdq(graph) > 0)

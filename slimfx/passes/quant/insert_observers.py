@@ -142,7 +142,8 @@ def _first(graph: Graph, nodes: list[Node]) -> Node:
 @register_pass
 @dataclass(frozen=True)
 class InsertObservers(Pass):
-    """Inserts observer nodes for static int8 quantization (x86/arm preset options)."""
+    """Inserts observer nodes for static int8 quantization (x86/arm preset options;
+    ``weight_bits=4``: W4A8). A QConfig in ``ctx.qconfig`` takes the options' place."""
 
     name = "insert-observers"
     preset: Literal["x86", "arm"] = "x86"
@@ -150,6 +151,7 @@ class InsertObservers(Pass):
     symmetric_activations: bool = False
     observer: Literal["minmax", "moving_average", "histogram"] = "minmax"
     method: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"
+    weight_bits: int = 8
     exclude: tuple[str, ...] = ()
     exclude_ops: tuple[str, ...] = ()
 
@@ -158,8 +160,12 @@ class InsertObservers(Pass):
         return QConfig.preset(self.preset, symmetric_activations=self.symmetric_activations,
                               activation_observer=self.observer, method=self.method,
                               per_channel_weights=self.weights == "per-channel",
+                              weight_bits=self.weight_bits,
                               exclude=self.exclude, exclude_ops=self.exclude_ops)
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        n = insert_observers(graph, self.qconfig())
+        # slimfx.quantize / prepare_qat put the user's QConfig object (which no pipeline
+        # string spells) in ctx.qconfig; otherwise the options say it
+        qconfig = getattr(ctx, "qconfig", None) or self.qconfig()
+        n = insert_observers(graph, qconfig)
         return PassResult(graph, n > 0)

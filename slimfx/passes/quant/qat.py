@@ -8,10 +8,12 @@
     g8 = slimfx.convert(m)                     # the exact integer program that was trained
     c = slimfx.compile(g8, "x86")
 
-:func:`prepare_qat` runs the ``qat-int8`` pipeline: the passes of ``ptq-int8``
-(``remove-identity,fold-bn,fuse-activation,dce,insert-observers``), then calibration on
-``data``, then ``insert-fake-quant`` (and, with ``fold_bn="batch-stats"``, the BN
-rewrite of ``qat_bn.py``). The fake quantization therefore sits exactly where
+:func:`prepare_qat` runs the ``qat-int8`` pipeline under one :class:`PassContext` (pass
+``ctx=`` for instruments): the passes of ``ptq-int8``
+(``remove-identity,fold-bn,fuse-activation,dce,insert-observers``), ``calibrate`` on
+``data``, then ``insert-fake-quant``; with ``fold_bn="batch-stats"`` it is ``qat-int8-bn``,
+which adds ``record-conv-bn`` first and ``insert-conv-bn`` (the BN rewrite of
+``qat_bn.py``) last. The fake quantization therefore sits exactly where
 ``convert-int8`` quantizes and starts from the post-training parameters. **Data is
 required**: activation ranges come from calibrating on it (a guessed default range would
 clip or waste most of the int8 levels of a real network, and training from it
@@ -21,9 +23,11 @@ Training updates the float weights (and, with ``learn_scales=True``, the scales 
 see ``slimfx/backends/torch/kernels_qat.py``); the ranges stay fixed otherwise.
 
 :func:`convert` writes the module's parameters (weights, biases, scales, zero points)
-into a copy of the graph, replaces every ``fake_quantize`` by the ``quantize`` /
-``dequantize`` pair with its current parameters (weights quantized ahead of time, as
-``quantize-dequantize`` does) and runs ``convert-int8``. Because the fake quantization is
+into a copy of the graph and runs the ``convert-qat`` pipeline on it: ``fold-conv-bn``
+(BatchNorm trained on batch statistics folds its final running statistics),
+``fake-quant-to-qdq`` (every ``fake_quantize`` becomes the ``quantize`` / ``dequantize``
+pair with its current parameters, weights quantized ahead of time, as
+``quantize-dequantize`` does), ``hoist-passthrough``, ``qdq-to-int8`` and ``dce``. Because the fake quantization is
 bit-identical to that QDQ form, ``convert(m, form="qdq")`` computes exactly what ``m``
 computes in eval mode, and ``convert(prepare_qat(g, data))`` equals
 ``quantize(g, data)``.
@@ -67,22 +71,25 @@ from slimfx.backends.torch.module import SlimfxModule, sync_constants
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph
 from slimfx.ir.ops import Trait
+from slimfx.passes.context import PassContext
 from slimfx.passes.pipeline import Pipeline
-from slimfx.passes.quant.api import FORMS, prepare_ptq
-from slimfx.passes.quant.arguments import check_data, check_num_batches, expect_graph
-from slimfx.passes.quant.calibrate import calibrate
-from slimfx.passes.quant.convert_int8 import convert_int8
-from slimfx.passes.quant.insert_fake_quant import fake_quant_qparams, insert_fake_quant
+from slimfx.passes.quant.api import FORMS, run_steps
+from slimfx.passes.quant.arguments import (
+    check_data,
+    check_num_batches,
+    expect_graph,
+    with_input_fn,
+)
+from slimfx.passes.quant.calibrate import Calibrate
+from slimfx.passes.quant.convert_int8 import QdqToInt8
+from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
+from slimfx.passes.quant.pipelines import CONVERT_QAT, QAT_BN_PREPARE, QAT_PREPARE
 from slimfx.passes.quant.qat_bn import (
-    bn_pairs,
-    fold_conv_bn,
     freeze_bn_stats,
     freeze_observers,
-    insert_conv_bn,
     update_bn_stats,
 )
 from slimfx.passes.quant.qconfig import QConfig
-from slimfx.passes.quant.quantize_dequantize import hoist_passthrough, replace_with_qdq
 
 __all__ = ["prepare_qat", "convert", "freeze_bn_stats", "update_bn_stats", "freeze_observers",
            "FOLD_BN_MODES"]
@@ -95,7 +102,8 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
                 learn_zero_points: bool = False,
                 fold_bn: Literal["batch-stats", "running"] = "running",
                 num_batches: int | None = None, progress: bool = False,
-                input_fn: Callable[[Any], Any] | None = None) -> Graph:
+                input_fn: Callable[[Any], Any] | None = None,
+                ctx: PassContext | None = None) -> Graph:
     """A copy of ``graph`` ready for quantization-aware training (see the module docstring).
 
     Args:
@@ -115,6 +123,8 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
         progress: show a progress bar during calibration.
         input_fn: ``batch -> inputs`` for batch layouts other than inputs or
             ``(inputs, labels)`` (as for :func:`slimfx.calibrate`).
+        ctx: the :class:`PassContext` every pass runs under (instruments); a fresh one by
+            default. ``prepare_qat`` sets its ``data`` and ``qconfig`` attributes.
 
     Returns:
         The graph with ``fake_quantize`` nodes; run it with :func:`slimfx.to_torch`.
@@ -147,13 +157,22 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
         raise QuantizationError(f"slimfx.prepare_qat: fold_bn={fold_bn!r} is not a mode; choose "
                                 "'batch-stats' (train with batch statistics) or 'running'")
     check_num_batches(num_batches, "slimfx.prepare_qat")
-    data = check_data(data, "slimfx.prepare_qat")
-    pairs = bn_pairs(g) if fold_bn == "batch-stats" else []
-    g = prepare_ptq(g, qconfig)
-    calibrate(g, data, num_batches=num_batches, progress=progress, input_fn=input_fn)
-    insert_fake_quant(g, learn_scale=learn_scales, learn_zero_point=learn_zero_points)
-    insert_conv_bn(g, pairs)
-    return g
+    if ctx is not None and not isinstance(ctx, PassContext):
+        raise QuantizationError(f"slimfx.prepare_qat: ctx must be a slimfx PassContext, got "
+                                f"{type(ctx).__name__}")
+    ctx = ctx if ctx is not None else PassContext()
+    data = with_input_fn(check_data(data, "slimfx.prepare_qat"), input_fn,
+                         "slimfx.prepare_qat")
+    setattr(ctx, "data", data)  # noqa: B010  (calibrate)
+    setattr(ctx, "qconfig", qconfig or QConfig.preset())  # noqa: B010  (insert-observers)
+    steps = []
+    for p in Pipeline(QAT_BN_PREPARE if fold_bn == "batch-stats" else QAT_PREPARE).passes:
+        if isinstance(p, Calibrate):
+            p = Calibrate(num_batches=num_batches or 0, progress=progress)
+        elif isinstance(p, InsertFakeQuant):
+            p = InsertFakeQuant(learn_scale=learn_scales, learn_zero_point=learn_zero_points)
+        steps.append(p)
+    return run_steps(steps, g.clone(), ctx)
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -195,8 +214,8 @@ def _graph_of(obj: Any) -> Graph:
         f"or a graph from slimfx.prepare_qat, got {type(obj).__name__}")
 
 
-def convert(model: torch.nn.Module | Graph, *,
-            form: Literal["int8", "qdq"] = "int8") -> Graph:
+def convert(model: torch.nn.Module | Graph, *, form: Literal["int8", "qdq"] = "int8",
+            ctx: PassContext | None = None) -> Graph:
     """The quantized graph of a trained QAT module (or of a ``prepare_qat`` graph).
 
     Args:
@@ -205,6 +224,8 @@ def convert(model: torch.nn.Module | Graph, *,
         form: ``int8`` for the exact integer program (ready for :func:`slimfx.compile`),
             ``qdq`` for the quantize/dequantize form, which computes bit for bit what the
             module computes in eval mode.
+        ctx: the :class:`PassContext` the ``convert-qat`` passes run under (instruments);
+            a fresh one by default.
 
     Returns:
         A new graph; ``model`` is left untouched.
@@ -225,10 +246,6 @@ def convert(model: torch.nn.Module | Graph, *,
         raise QuantizationError(
             f"slimfx.convert: graph @{g.name} {state}; call slimfx.prepare_qat(graph, data), "
             "train slimfx.to_torch(prepared), then slimfx.convert(module)")
-    fold_conv_bn(g)  # batch-statistics BN: fold the final running statistics
-    for node in fqs:
-        replace_with_qdq(g, node, fake_quant_qparams(node))
-    hoist_passthrough(g)
-    if form == "int8":
-        convert_int8(g)
-    return Pipeline("dce")(g, inplace=True)
+    steps = [p for p in Pipeline(CONVERT_QAT).passes
+             if form == "int8" or not isinstance(p, QdqToInt8)]
+    return run_steps(steps, g, ctx if ctx is not None else PassContext())

@@ -47,6 +47,11 @@ folds: weight, bias and statistics constant, the conv's result used by the BN on
 other foldable producers (``conv1d``, ``linear``, ``conv_transpose2d``) are folded with
 the running statistics, as with ``fold_bn="running"``.
 
+As passes (pipeline ``qat-int8-bn``): ``record-conv-bn`` runs first, on the float graph,
+and keeps the pairs (with their tensors) in the context (``ctx.bn_pairs``), changing
+nothing; ``insert-conv-bn`` runs last, after ``insert-fake-quant``, and requires them.
+``fold-conv-bn`` (:func:`fold_conv_bn`) is the first pass of ``convert-qat``.
+
 Under DistributedDataParallel each replica normalizes by the statistics of its own
 shard (as ``nn.BatchNorm2d`` does without ``SyncBatchNorm``); DDP broadcasts the
 running statistics of rank 0 before each forward.
@@ -63,11 +68,14 @@ from slimfx.backends.torch.kernels import KERNELS
 from slimfx.backends.torch.kernels_qat import ConvBn2dKernel
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Node, Value
+from slimfx.passes.base import Pass, PassResult
+from slimfx.passes.context import PassContext
 from slimfx.passes.fold_batchnorm import FoldBatchNormRule
 from slimfx.passes.patterns import match
+from slimfx.passes.registry import register_pass
 
 __all__ = ["BnPair", "bn_pairs", "insert_conv_bn", "fold_conv_bn", "freeze_bn_stats",
-           "update_bn_stats", "freeze_observers"]
+           "update_bn_stats", "freeze_observers", "RecordConvBn", "InsertConvBn", "FoldConvBn"]
 
 logger = logging.getLogger(__name__)
 
@@ -260,3 +268,50 @@ def freeze_observers(module: torch.nn.Module) -> int:
                     p.requires_grad_(False)
                     count += 1
     return count
+
+
+@register_pass
+@dataclass(frozen=True)
+class RecordConvBn(Pass):
+    """Records the graph's ``conv2d -> batch_norm`` pairs in ``ctx.bn_pairs`` (no edit), for
+    ``insert-conv-bn`` after the QAT preparation; run it before ``fold-bn``."""
+
+    name = "record-conv-bn"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        setattr(ctx, "bn_pairs", bn_pairs(graph))  # noqa: B010  (read by insert-conv-bn)
+        return PassResult(graph, False)
+
+
+@register_pass
+@dataclass(frozen=True)
+class InsertConvBn(Pass):
+    """Trains the recorded conv + BN pairs on batch statistics (``conv2d_bn``; module
+    docstring); needs ``record-conv-bn`` first and ``insert-fake-quant`` before it."""
+
+    name = "insert-conv-bn"
+
+    def requires(self, graph: Graph) -> None:
+        if not graph.find("fake_quantize"):
+            raise QuantizationError("pass 'insert-conv-bn' needs fake-quantized weights: run "
+                                    "'insert-fake-quant' before it (pipeline 'qat-int8-bn')")
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        pairs = getattr(ctx, "bn_pairs", None)
+        if pairs is None:
+            raise QuantizationError("pass 'insert-conv-bn' needs the conv + BN pairs of the "
+                                    "float graph: run 'record-conv-bn' first, before 'fold-bn' "
+                                    "(pipeline 'qat-int8-bn')")
+        return PassResult(graph, insert_conv_bn(graph, pairs) > 0)
+
+
+@register_pass
+@dataclass(frozen=True)
+class FoldConvBn(Pass):
+    """Folds trained ``fold_bn`` / ``conv2d_bn`` pairs into constants and ``conv2d`` (with
+    the current running statistics): the first pass of ``convert-qat``."""
+
+    name = "fold-conv-bn"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        return PassResult(graph, fold_conv_bn(graph) > 0)

@@ -19,6 +19,13 @@ weights per output channel in ``[-127, 127]`` and affine int8 activations per
 tensor in ``[-128, 127]`` (what TVM consumes directly); the slimfx integer program
 accumulates in int32 exactly, so x86 needs no ``reduce_range`` trick and both
 presets are currently the same.
+
+``weight_bits=b`` (2..8) narrows the weights to the symmetric range
+``[-(2**(b-1) - 1), 2**(b-1) - 1]``, zero point 0, still per output channel: W4A8 is
+``preset("x86", weight_bits=4)``, weights in ``[-7, 7]`` (symmetric, so ``-8`` is never
+used: the same contract as int8's ``[-127, 127]``), activations int8. The integer program
+is the int8 one with narrower weight values; 4-bit weights are stored packed two per byte
+(``slimfx/ir/int4.py``).
 """
 
 from __future__ import annotations
@@ -155,7 +162,7 @@ class QConfig:
     def preset(cls, name: str = "x86", *, symmetric_activations: bool = False,
                activation_observer: ObserverKind = "minmax",
                method: RangeMethod = "minmax", per_channel_weights: bool = True,
-               weight_method: Literal["minmax", "mse"] = "minmax",
+               weight_method: Literal["minmax", "mse"] = "minmax", weight_bits: int = 8,
                exclude: Iterable[str] = (), exclude_ops: Iterable[str] = ()) -> QConfig:
         """The ``x86`` / ``arm`` presets (see the module docstring).
 
@@ -167,13 +174,23 @@ class QConfig:
             per_channel_weights: per-output-channel weight scales (else per tensor).
             weight_method: weight range: ``minmax``, or ``mse`` (per-channel clipping
                 with least squared error).
+            weight_bits: bits of the weights, 2..8 (4: W4A8, weights in ``[-7, 7]``).
             exclude, exclude_ops: kept float.
+
+        Raises:
+            QuantizationError: an unknown preset, or ``weight_bits`` outside 2..8.
         """
         if name not in ("x86", "arm"):
             raise QuantizationError(f"unknown QConfig preset {name!r}; known: x86, arm")
+        if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) \
+                or not 2 <= weight_bits <= 8:
+            raise QuantizationError(f"QConfig.preset: weight_bits={weight_bits!r} is not "
+                                    "supported; choose an integer from 2 to 8 (4 gives W4A8)")
         act = QScheme(symmetric=symmetric_activations, observer=activation_observer,
                       method=method)
-        weight = replace(WEIGHT_INT8, per_channel=per_channel_weights, method=weight_method)
+        top = 2 ** (weight_bits - 1) - 1
+        weight = replace(WEIGHT_INT8, qmin=-top, qmax=top, per_channel=per_channel_weights,
+                         method=weight_method)
         return cls(OpQConfig(act, weight), exclude=tuple(exclude), exclude_ops=tuple(exclude_ops))
 
     # ------------------------------------------------------------------ resolution

@@ -8,9 +8,8 @@ for weights) followed by a ``dequantize``; its range comes from the constant
 itself, so weights need no calibration: min/max, or with ``method="mse"`` the
 per-channel clipping that minimises the squared weight error (``mse_weight_range``).
 
-Then every op of ``PASSTHROUGH_OPS`` whose input is a per-tensor ``dequantize``
-is moved across it: ``op(dequantize(q)) == dequantize(op(q))`` exactly, since
-those ops only move or select values (max-pool: the dequantize is increasing).
+Moving the ops of ``PASSTHROUGH_OPS`` across the dequantize is the next pass,
+``hoist-passthrough`` (``hoist_passthrough.py``); :func:`to_qdq`, the helper, runs both.
 
 The QDQ graph computes the simulated-quantization result in float.
 """
@@ -27,12 +26,12 @@ from slimfx.ir.core import Graph, Node
 from slimfx.ir.types import QParams
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
+from slimfx.passes.quant.hoist_passthrough import hoist_passthrough
 from slimfx.passes.quant.observers import EPS, qparams_from_range
-from slimfx.passes.quant.qconfig import PASSTHROUGH_OPS
 from slimfx.passes.registry import register_pass
 
 __all__ = ["QuantizeDequantize", "to_qdq", "observer_qparams", "qparams_attrs", "attrs_qparams",
-           "mse_weight_range", "replace_with_qdq", "hoist_passthrough"]
+           "mse_weight_range", "replace_with_qdq", "hoist_passthrough", "observers_to_qdq"]
 
 
 def qparams_attrs(qp: QParams) -> dict:
@@ -104,6 +103,14 @@ def mse_weight_range(w: torch.Tensor, axis: int | None, *, qmin: int, qmax: int,
 
 
 def to_qdq(graph: Graph) -> int:
+    """``quantize-dequantize`` then ``hoist-passthrough`` in place; returns how many observers
+    were rewritten."""
+    count = observers_to_qdq(graph)
+    hoist_passthrough(graph)
+    return count
+
+
+def observers_to_qdq(graph: Graph) -> int:
     """Rewrites every observer in place (see the module docstring); returns how many."""
     count = 0
     for node in list(graph.nodes):
@@ -111,7 +118,6 @@ def to_qdq(graph: Graph) -> int:
             continue
         replace_with_qdq(graph, node, observer_qparams(node))
         count += 1
-    hoist_passthrough(graph)
     return count
 
 
@@ -139,28 +145,6 @@ def replace_with_qdq(graph: Graph, node: Node, qp: QParams) -> None:
             graph.remove_constant(v)
 
 
-def hoist_passthrough(graph: Graph) -> None:
-    """Moves every op of ``PASSTHROUGH_OPS`` across the per-tensor ``dequantize`` feeding it."""
-    for node in list(graph.nodes):
-        if node.op.name not in PASSTHROUGH_OPS or len(node.outputs) != 1:
-            continue
-        d = node.inputs[0].producer
-        if d is None or d.op.name != "dequantize" or d.attrs["axis"] is not None:
-            continue
-        with graph.inserting_before(node):
-            moved = graph.add(node.op, [d.inputs[0]], dict(node.attrs), name=node.name,
-                              source=node.source)
-            moved.qparams = d.inputs[0].qparams
-            nd = graph.add("dequantize", [moved], dict(d.attrs), name=f"{node.name}.dq",
-                           source=node.source)
-        graph.replace_all_uses_with(node.output, nd)
-        name = node.name
-        graph.erase(node)
-        graph.rename(moved, name)
-        if not d.output.uses() and d.output not in graph.outputs:
-            graph.erase(d)
-
-
 def check_no_observers_left(graph: Graph) -> None:
     """Raises if the graph is not in QDQ form yet."""
     left = graph.find("observer")
@@ -172,9 +156,13 @@ def check_no_observers_left(graph: Graph) -> None:
 @register_pass
 @dataclass(frozen=True)
 class QuantizeDequantize(Pass):
-    """Turns calibrated observers into quantize/dequantize pairs (simulated int8)."""
+    """Turns calibrated observers into quantize/dequantize pairs (simulated int8).
+
+    Activation observers need statistics: run ``calibrate`` (or :func:`slimfx.calibrate`)
+    first.
+    """
 
     name = "quantize-dequantize"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        return PassResult(graph, to_qdq(graph) > 0)
+        return PassResult(graph, observers_to_qdq(graph) > 0)

@@ -11,7 +11,8 @@ they will in the integer program):
 (the simulated output is the dequantized result of the node's output ``quantize``).
 
 The last rows compare the graph outputs of the exact integer program with the
-float ones, and the constant bytes of the float and int8 graphs.
+float ones, and the constant bytes of the float and int8 graphs as they are stored
+(4-bit weights packed two per byte, ``slimfx/ir/int4.py``).
 
 :func:`measure` computes all of it as a :class:`QuantReport` (with the graphs and the time
 each step took); :func:`report` formats it as text, and with ``html=path`` also writes the
@@ -32,6 +33,7 @@ import torch
 from slimfx.backends.torch import KERNELS, to_torch
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Value
+from slimfx.ir.int4 import stored_nbytes
 from slimfx.ir.types import QParams
 from slimfx.passes.context import PassContext
 from slimfx.passes.instruments import Timing
@@ -54,9 +56,8 @@ __all__ = ["report", "measure", "QuantReport", "LayerError", "Step", "constant_b
 
 
 def constant_bytes(graph: Graph) -> int:
-    """Bytes held by the graph's constants."""
-    return sum(v.const.numel() * v.const.element_size() for v in graph.constants.values()
-               if v.const is not None)
+    """Bytes the graph's constants take in a graph file (4-bit weights packed)."""
+    return sum(stored_nbytes(v) for v in graph.constants.values() if v.const is not None)
 
 
 def sqnr(signal: float, noise: float) -> float:

@@ -473,8 +473,8 @@ def test_qat_int8_pipeline(digits):
     ctx.data = train[:4]  # type: ignore[attr-defined]
     got = Pipeline("qat-int8").run(g.clone(), ctx).graph
     assert str(got) == str(slimfx.prepare_qat(g, train[:4]))
-    assert [p.name for p in Pipeline("qat-int8").passes][-2:] == ["insert-observers",
-                                                                  "insert-fake-quant"]
+    assert [p.name for p in Pipeline("qat-int8").passes][-3:] == [
+        "insert-observers", "calibrate", "insert-fake-quant"]  # calibration is a visible pass
     with pytest.raises(PassError, match="prepare_qat"):
         Pipeline("qat-int8")(g)  # no data to calibrate on
     with pytest.raises(QuantizationError, match="prepare_qat"):
