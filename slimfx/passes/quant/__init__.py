@@ -3,7 +3,7 @@ program, dynamic int8 and fp16/bf16.
 
 Passes: ``insert-observers``, ``quantize-dequantize``, ``convert-int8``,
 ``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``, ``insert-fake-quant``,
-``equalize-cross-layer``, ``absorb-bias``.
+``equalize-cross-layer``, ``absorb-bias``, ``smooth-quant``.
 Pipelines: ``ptq-int8`` (prepare half), ``ptq-int8-cle``, ``qat-int8``, ``dynamic-int8``,
 ``fp16``, ``bf16``.
 Functions: :func:`calibrate`, :func:`quantize`, :func:`report`, :func:`prepare_qat`,
@@ -32,6 +32,7 @@ from slimfx.passes.quant.qconfig import OpQConfig, QConfig, QScheme
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
 from slimfx.passes.quant.report import report
 from slimfx.passes.quant.sensitivity import SensitivityReport, sensitivity
+from slimfx.passes.quant.smooth_quant import SmoothQuant, smooth_quant
 
 __all__ = [
     "AbsorbBias",
@@ -47,6 +48,7 @@ __all__ = [
     "QuantizeDequantize",
     "QuantizeDynamicInt8",
     "SensitivityReport",
+    "SmoothQuant",
     "bias_correction",
     "calibrate",
     "convert",
@@ -56,4 +58,5 @@ __all__ = [
     "quantize",
     "report",
     "sensitivity",
+    "smooth_quant",
 ]

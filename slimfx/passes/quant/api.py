@@ -39,6 +39,7 @@ from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
 from slimfx.passes.quant.insert_observers import InsertObservers, insert_observers
 from slimfx.passes.quant.qconfig import INTEGER_OPS, QConfig
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize, to_qdq
+from slimfx.passes.quant.smooth_quant import SmoothQuant
 
 __all__ = ["quantize", "prepare_ptq", "FORMS"]
 
@@ -187,9 +188,9 @@ def _run_pipeline(graph: Graph, data: Iterable[Any] | None, pipe: Pipeline, *,
     ctx = PassContext()
     if data is not None:
         data = check_data(data, "slimfx.quantize")
-        if bias_correction or any(isinstance(p, BiasCorrection) for p in passes):
+        if bias_correction or any(isinstance(p, BiasCorrection | SmoothQuant) for p in passes):
             data = list(data)  # read more than once
-            setattr(ctx, "data", data)  # noqa: B010  (what the bias-correction pass reads)
+            setattr(ctx, "data", data)  # noqa: B010  (what bias-correction, smooth-quant read)
     g = graph.clone()
     calibrated = converted = False
     for i, p in enumerate(passes):
