@@ -8,7 +8,8 @@ Pipelines: ``ptq-int8`` (prepare half), ``ptq-int8-cle``, ``qat-int8``, ``dynami
 ``fp16``, ``bf16``.
 Functions: :func:`calibrate`, :func:`quantize`, :func:`report`, :func:`prepare_qat`,
 :func:`convert` (quantization-aware training), :func:`sensitivity` (per-layer
-sensitivity to quantization).
+sensitivity to quantization), :func:`mixed_precision` and :class:`Budget` (float/int8 per
+layer under an accuracy budget).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from slimfx.passes.quant.equalize_cross_layer import (
 )
 from slimfx.passes.quant.insert_fake_quant import InsertFakeQuant
 from slimfx.passes.quant.insert_observers import InsertObservers
+from slimfx.passes.quant.mixed_precision import Budget, MixedPrecisionResult, mixed_precision
 from slimfx.passes.quant.qat import convert, prepare_qat
 from slimfx.passes.quant.qconfig import OpQConfig, QConfig, QScheme
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
@@ -36,12 +38,14 @@ from slimfx.passes.quant.smooth_quant import SmoothQuant, smooth_quant
 
 __all__ = [
     "AbsorbBias",
+    "Budget",
     "BiasCorrection",
     "CastHalf",
     "ConvertInt8",
     "EqualizeCrossLayer",
     "InsertFakeQuant",
     "InsertObservers",
+    "MixedPrecisionResult",
     "OpQConfig",
     "QConfig",
     "QScheme",
@@ -53,6 +57,7 @@ __all__ = [
     "calibrate",
     "convert",
     "equalize_cross_layer",
+    "mixed_precision",
     "prepare_ptq",
     "prepare_qat",
     "quantize",

@@ -22,7 +22,7 @@ Pipelines without observers (``dynamic-int8``, ``fp16``, ``bf16``, ...) simply r
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph
@@ -40,6 +40,9 @@ from slimfx.passes.quant.insert_observers import InsertObservers, insert_observe
 from slimfx.passes.quant.qconfig import INTEGER_OPS, QConfig
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize, to_qdq
 from slimfx.passes.quant.smooth_quant import SmoothQuant
+
+if TYPE_CHECKING:
+    from slimfx.passes.quant.mixed_precision import Budget
 
 __all__ = ["quantize", "prepare_ptq", "FORMS"]
 
@@ -104,7 +107,7 @@ def _check_arguments(graph: Any, data: Any, pipeline: Any, qconfig: Any, form: A
 def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "ptq-int8",
              qconfig: QConfig | None = None, *, num_batches: int | None = None,
              form: Literal["int8", "qdq"] = "int8", progress: bool = False,
-             bias_correction: bool = False) -> Graph:
+             bias_correction: bool = False, budget: Budget | None = None) -> Graph:
     """Quantizes a copy of ``graph`` (see the module docstring for any pipeline string).
 
     Args:
@@ -120,6 +123,10 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         progress: show a progress bar during calibration.
         bias_correction: after calibration, subtract from each conv/linear bias the
             mean output shift its int8 weight causes on ``data`` (``bias-correction``).
+        budget: a :class:`~slimfx.passes.quant.mixed_precision.Budget` (``ptq-int8``
+            only): the layers whose int8 form costs too much stay float; see
+            :func:`~slimfx.passes.quant.mixed_precision.mixed_precision` for the search and
+            its report.
 
     Raises:
         QuantizationError: ``graph`` is not a slimfx graph (a torch module: trace it
@@ -129,6 +136,9 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         CalibrationError: unusable calibration data.
     """
     g = _check_arguments(graph, data, pipeline, qconfig, form, num_batches)
+    if budget is not None:
+        return _with_budget(g, data, pipeline, qconfig, budget, num_batches=num_batches,
+                            form=form, progress=progress, bias_correction=bias_correction)
     if pipeline == "ptq-int8":
         if data is None:
             raise QuantizationError("pipeline 'ptq-int8' needs calibration data: "
@@ -140,6 +150,20 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         return _finish(g, form, converted=False)
     return _run_pipeline(g, data, _as_pipeline(pipeline), num_batches=num_batches, form=form,
                          progress=progress, bias_correction=bias_correction)
+
+
+def _with_budget(g: Graph, data: Iterable[Any] | None, pipeline: Any, qconfig: QConfig | None,
+                 budget: Budget, *, num_batches: int | None, form: str, progress: bool,
+                 bias_correction: bool) -> Graph:
+    from slimfx.passes.quant.mixed_precision import mixed_precision
+
+    if pipeline != "ptq-int8" or form != "int8" or bias_correction:
+        raise QuantizationError("slimfx.quantize: budget= works with pipeline 'ptq-int8', "
+                                "form='int8' and no bias_correction for now; got "
+                                f"pipeline={str(pipeline)!r}, form={form!r}, "
+                                f"bias_correction={bias_correction}")
+    return mixed_precision(g, data, budget, qconfig=qconfig, num_batches=num_batches,
+                           progress=progress).graph
 
 
 def _calibrate(g: Graph, data: Iterable[Any], num_batches: int | None, progress: bool,

@@ -54,7 +54,7 @@ from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.quantize_dequantize import to_qdq
 from slimfx.passes.quant.report import sqnr
 
-__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "PRECISIONS"]
+__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "int8_program", "PRECISIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,8 @@ def _check_precisions(precisions: Any) -> tuple[str, ...]:
     return out
 
 
-def _int8(prepared: Graph, qconfig: QConfig, batches: Sequence[tuple[Any, ...]]) -> Graph:
+def int8_program(prepared: Graph, qconfig: QConfig, batches: Sequence[tuple[Any, ...]]) -> Graph:
+    """The calibrated int8 program of a prepared float graph under ``qconfig``."""
     g = prepare_ptq(prepared, qconfig)
     calibrate(g, batches, progress=False)
     to_qdq(g)
@@ -269,7 +270,7 @@ def sensitivity(graph: Graph, data: Iterable[Any], metric: Metric | None = None,
     name = "output SQNR (dB)" if metric is None else getattr(metric, "__name__", "metric")
 
     def measure(cfg: QConfig) -> float:
-        value = float(score(to_torch(_int8(prepared, cfg, batches), trainable=False)))
+        value = float(score(to_torch(int8_program(prepared, cfg, batches), trainable=False)))
         bar.update()
         return value
 
