@@ -53,6 +53,7 @@ from slimfx.passes.quant.arguments import (
 )
 from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.report import constant_bytes
+from slimfx.passes.quant.report_islands import FloatIsland, float_islands, format_islands
 from slimfx.passes.quant.sensitivity import SensitivityReport, int8_program, sensitivity
 
 __all__ = ["Budget", "MixedPrecisionResult", "PrecisionStep", "mixed_precision"]
@@ -151,6 +152,10 @@ class MixedPrecisionResult:
     def chosen(self) -> PrecisionStep:
         return self.steps[-1]
 
+    def islands(self) -> list[FloatIsland]:
+        """Every op that stays float in :attr:`graph`, with the reason (budget included)."""
+        return float_islands(self.graph, self.qconfig, self.float_layers)
+
     def __str__(self) -> str:
         b = self.budget
         lines = [f"mixed precision: {b.metric_name}, float {self.float_value:.6g}, max drop "
@@ -163,9 +168,7 @@ class MixedPrecisionResult:
             lines.append(f"{i:>4}  {len(s.float_layers):>12}  {s.value:>12.6g}  "
                          f"{s.drop:>11.4g}  {s.constant_bytes:>12,}  "
                          f"{'yes' if s.meets else 'no':<5}  {', '.join(added) or '-'}")
-        if self.float_layers:
-            lines.append("float layers:")
-            lines += [f"  %{name}: {why}" for name, why in self.float_layers.items()]
+        lines.append(format_islands(self.islands()))
         return "\n".join(lines)
 
     def plot(self, path: str | os.PathLike[str]) -> None:

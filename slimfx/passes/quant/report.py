@@ -11,14 +11,18 @@ they will in the integer program):
 (the simulated output is the dequantized result of the node's output ``quantize``).
 
 The last rows compare the graph outputs of the exact integer program with the
-float ones, and the constant bytes of the float and int8 graphs.
+float ones, and the constant bytes of the float and int8 graphs. Then every op that stays
+float in the int8 program is listed with the reason, its quantized neighbours and its
+dequantize/quantize cost (:mod:`~slimfx.passes.quant.report_islands`). With ``budget=``,
+the QConfig is the one :func:`~slimfx.passes.quant.mixed_precision.mixed_precision`
+chooses, and the layers it keeps float say so.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +30,7 @@ from slimfx.backends.torch import KERNELS, to_torch
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Value
 from slimfx.ir.types import QParams
+from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant.api import prepare_ptq
 from slimfx.passes.quant.arguments import (
     batch_args,
@@ -38,6 +43,10 @@ from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.convert_int8 import convert_int8
 from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.quantize_dequantize import qparams_attrs, to_qdq
+from slimfx.passes.quant.report_islands import float_islands, format_islands
+
+if TYPE_CHECKING:
+    from slimfx.passes.quant.mixed_precision import Budget
 
 __all__ = ["report", "constant_bytes", "sqnr"]
 
@@ -62,7 +71,7 @@ def _probe(graph: Graph, values: list[Value]) -> torch.nn.Module:
 
 
 def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
-           num_batches: int | None = None) -> str:
+           num_batches: int | None = None, budget: Budget | None = None) -> str:
     """A table of per-layer SQNR / max abs error of simulated int8 vs float, and sizes.
 
     Args:
@@ -70,6 +79,8 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         data: batches, used both to calibrate and to measure.
         qconfig: as for :func:`slimfx.quantize`.
         num_batches: use at most this many batches.
+        budget: choose the float layers with :func:`slimfx.passes.quant.mixed_precision`
+            under this :class:`~slimfx.passes.quant.mixed_precision.Budget` first.
 
     Raises:
         QuantizationError: ``graph`` is not a float slimfx graph, or ``qconfig`` is not a
@@ -87,6 +98,12 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         raise no_data_error(graph, data, "slimfx.report")
     # checked once, up front: the same batches calibrate and then measure
     batches = [batch_args(graph, b, i) for i, b in enumerate(raw)]
+    reasons: dict[str, str] = {}
+    if budget is not None:
+        from slimfx.passes.quant.mixed_precision import mixed_precision
+
+        chosen = mixed_precision(graph, batches, budget, qconfig=qconfig)
+        qconfig, reasons = chosen.qconfig, chosen.float_layers
     prepared = prepare_ptq(graph, qconfig)
     calibrate(prepared, batches, progress=False)
     float_g = prepared.clone()
@@ -130,6 +147,8 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
                  f"{sqnr(out_stats[0], out_stats[1]):>8.2f}  {out_stats[2]:>12.5g}")
     fb, ib = constant_bytes(float_g), constant_bytes(int8)
     lines.append(f"model size: float {fb:,} B, int8 {ib:,} B ({fb / max(ib, 1):.2f}x smaller)")
+    islands = float_islands(Pipeline("dce")(int8), qconfig, reasons)
+    lines.append(format_islands(islands))
     return "\n".join(lines)
 
 

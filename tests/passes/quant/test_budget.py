@@ -73,7 +73,7 @@ def test_sensitive_layer_stays_float_and_budget_holds(net, tmp_path) -> None:
     again = slimfx.quantize(g, data, qconfig=r.qconfig)
     assert _float_linears(again) == {"fc1"}
     text = str(r)
-    assert "kept float" in text and "%fc1: budget" in text
+    assert "kept float" in text and "%fc1 (linear) [budget]: budget" in text
     r.plot(tmp_path / "steps.png")
     assert (tmp_path / "steps.png").stat().st_size > 0
 
