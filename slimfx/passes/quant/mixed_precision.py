@@ -16,6 +16,11 @@ no metric, on the *output cosine* against the float graph over the calibration b
 3. otherwise keeps layers float one at a time, the largest recovery first (ties: the worst
    *only* score first), each step a fresh calibrated int8 program, until the budget holds.
 
+With ``Budget(precisions=("w4a8", "int8"))`` every layer starts at w4a8 (4-bit weights,
+int8 activations) and moves up one precision per step: first w4a8 -> int8, in the order of
+the w4a8 recovery (keeping it float over everything w4a8), then int8 -> float in the order
+of the int8 recovery.
+
 Every step is kept (layers float, metric, drop, constant bytes) and printed as a table;
 the first step that meets the budget is the answer, so it quantizes the most layers that
 this greedy order reaches. Its :class:`~slimfx.passes.quant.qconfig.QConfig` (the base
@@ -54,15 +59,24 @@ from slimfx.passes.quant.arguments import (
 from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.report import constant_bytes
 from slimfx.passes.quant.report_islands import FloatIsland, float_islands, format_islands
-from slimfx.passes.quant.sensitivity import SensitivityReport, int8_program, sensitivity
+from slimfx.passes.quant.sensitivity import (
+    SensitivityReport,
+    at_precision,
+    int8_program,
+    op_at_precision,
+    sensitivity,
+)
 
-__all__ = ["Budget", "MixedPrecisionResult", "PrecisionStep", "mixed_precision"]
+__all__ = ["Budget", "MixedPrecisionResult", "PrecisionStep", "mixed_precision", "LADDER"]
 
 logger = logging.getLogger(__name__)
 
 Metric = Callable[[torch.nn.Module], float]
 
 _DEFAULT_METRIC = "output cosine to float"
+
+LADDER = ("w4a8", "int8")
+"""Quantized precisions from the lowest up; above the last comes float."""
 
 
 @dataclass(frozen=True)
@@ -75,15 +89,18 @@ class Budget:
         metric: ``metric(module) -> float`` on a :func:`slimfx.to_torch` module; None: the
             output cosine against the float graph on the calibration data.
         higher_is_better: the direction of ``metric``.
+        precisions: the quantized precisions a layer may take, besides float: ``int8``,
+            and ``w4a8`` (4-bit weights, int8 activations); the lowest is tried first.
 
     Raises:
         QuantizationError: a negative or non-finite ``max_drop``, a metric that is not
-            callable.
+            callable, an unknown precision.
     """
 
     max_drop: float
     metric: Metric | None = None
     higher_is_better: bool = True
+    precisions: tuple[str, ...] = ("int8",)
 
     def __post_init__(self) -> None:
         if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, int | float) or \
@@ -93,6 +110,12 @@ class Budget:
         if self.metric is not None and not callable(self.metric):
             raise QuantizationError(f"Budget: metric must be a callable metric(module) -> "
                                     f"float, got {type(self.metric).__name__}")
+        given = (self.precisions,) if isinstance(self.precisions, str) else tuple(self.precisions)
+        bad = [p for p in given if p not in LADDER]
+        if bad or not given:
+            raise QuantizationError(f"Budget: precisions {given!r} must be taken from "
+                                    f"{', '.join(LADDER)}")
+        object.__setattr__(self, "precisions", tuple(p for p in LADDER if p in given))
 
     @property
     def metric_name(self) -> str:
@@ -111,6 +134,8 @@ class PrecisionStep:
 
     Attributes:
         float_layers: the layers kept float (none: everything quantized).
+        raised: ``(layer, precision)`` of the layers above the lowest precision but not
+            float (``w4a8`` budgets: the layers at int8).
         value: the metric of the int8 program.
         drop: the metric's drop from float.
         meets: whether the drop is within the budget.
@@ -118,10 +143,12 @@ class PrecisionStep:
     """
 
     float_layers: tuple[str, ...]
+    raised: tuple[tuple[str, str], ...]
     value: float
     drop: float
     meets: bool
     constant_bytes: int
+    change: str = "-"
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,7 @@ class MixedPrecisionResult:
         steps: every configuration tried, in order (the last one is the answer).
         float_layers: layer name -> why it stayed float.
         quantized_layers: the layers quantized, in graph order.
+        precisions: quantized layer -> its precision.
         sensitivity: the per-layer sensitivity the order came from.
     """
 
@@ -147,6 +175,7 @@ class MixedPrecisionResult:
     float_layers: dict[str, str] = field(default_factory=dict)
     quantized_layers: tuple[str, ...] = ()
     sensitivity: SensitivityReport | None = None
+    precisions: dict[str, str] = field(default_factory=dict)
 
     @property
     def chosen(self) -> PrecisionStep:
@@ -158,16 +187,16 @@ class MixedPrecisionResult:
 
     def __str__(self) -> str:
         b = self.budget
+        counts = {p: sum(1 for v in self.precisions.values() if v == p) for p in b.precisions}
         lines = [f"mixed precision: {b.metric_name}, float {self.float_value:.6g}, max drop "
-                 f"{b.max_drop:g}; {len(self.quantized_layers)} layers int8, "
-                 f"{len(self.float_layers)} float",
+                 f"{b.max_drop:g}; " + ", ".join(f"{c} layers {p}" for p, c in counts.items())
+                 + f", {len(self.float_layers)} float",
                  f"{'step':>4}  {'float layers':>12}  {'metric':>12}  {'drop':>11}  "
-                 f"{'bytes':>12}  meets  kept float"]
+                 f"{'bytes':>12}  meets  change"]
         for i, s in enumerate(self.steps):
-            added = s.float_layers[-1:] if i else ()
             lines.append(f"{i:>4}  {len(s.float_layers):>12}  {s.value:>12.6g}  "
                          f"{s.drop:>11.4g}  {s.constant_bytes:>12,}  "
-                         f"{'yes' if s.meets else 'no':<5}  {', '.join(added) or '-'}")
+                         f"{'yes' if s.meets else 'no':<5}  {s.change}")
         lines.append(format_islands(self.islands()))
         return "\n".join(lines)
 
@@ -184,12 +213,12 @@ class MixedPrecisionResult:
                               "matplotlib") from e
         fig = Figure(figsize=(7, 4))
         ax = fig.subplots()
-        xs = [len(s.float_layers) for s in self.steps]
+        xs = list(range(len(self.steps)))
         ax.plot(xs, [s.value for s in self.steps], "o-", color="tab:blue")
         limit = self.float_value - self.budget.max_drop if self.budget.higher_is_better \
             else self.float_value + self.budget.max_drop
         ax.axhline(limit, color="tab:red", linestyle="--", label="budget")
-        ax.set_xlabel("layers kept float")
+        ax.set_xlabel("step (one layer up one precision per step)")
         ax.set_ylabel(self.budget.metric_name)
         right = ax.twinx()
         right.plot(xs, [s.constant_bytes / 1024 for s in self.steps], "s:", color="tab:gray")
@@ -296,27 +325,41 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
     score: Metric = (_OutputCosine(float_module, batches) if budget.metric is None
                      else _Checked(budget.metric, budget.metric_name))
     float_value = float(score(float_module))
-    report = sensitivity(graph, batches, score, qconfig=base,
+    ladder = budget.precisions
+    report = sensitivity(graph, batches, score, ladder, qconfig=base,
                          higher_is_better=budget.higher_is_better, progress=progress)
     layers = report.ranked()
     if not layers:
         raise QuantizationError(f"slimfx.quantize(budget=...): the qconfig selects no layer of "
                                 f"graph @{graph.name} to quantize")
-    entry = {s.layer: s for s in report.layers}
-    order = sorted(layers, key=lambda n: (-report.recovery(entry[n]), layers.index(n)))
+    entry = {(s.layer, s.precision): s for s in report.layers}
+    moves: list[tuple[str, str]] = []  # (layer, new precision), in the order they are tried
+    for i, p in enumerate(ladder):
+        up = ladder[i + 1] if i + 1 < len(ladder) else "float"
+        moves += [(n, up) for n in sorted(layers, key=lambda n, p=p: (
+            -report.recovery(entry[n, p]), layers.index(n)))]
+    moves = moves[:-1]  # everything float is not a quantization
+    level = dict.fromkeys(layers, ladder[0])
     steps: list[PrecisionStep] = []
     chosen: tuple[Graph, QConfig] | None = None
-    with tqdm(total=len(order), desc="mixed precision", disable=not progress) as bar:
-        for k in range(len(order)):
-            kept = tuple(order[:k])
-            cfg = replace(base, exclude=base.exclude + tuple(re.escape(n) for n in kept))
+    with tqdm(total=len(moves) + 1, desc="mixed precision", disable=not progress) as bar:
+        for k in range(len(moves) + 1):
+            change = "-"
+            if k:
+                name, up = moves[k - 1]
+                change = f"{name}: {level[name]} -> {up}"
+                level[name] = up
+            cfg = _config(base, ladder[0], level, prepared)
             program = int8_program(prepared, cfg, batches)
             value = float(score(to_torch(program, trainable=False)))
             drop = budget.drop(float_value, value)
             meets = drop <= budget.max_drop
-            steps.append(PrecisionStep(kept, value, drop, meets, constant_bytes(program)))
-            logger.info("mixed precision: %d float, %s %.6g (drop %.4g)", k, budget.metric_name,
-                        value, drop)
+            kept = tuple(n for n in layers if level[n] == "float")
+            raised = tuple((n, p) for n, p in level.items() if p not in ("float", ladder[0]))
+            steps.append(PrecisionStep(kept, raised, value, drop, meets,
+                                       constant_bytes(program), change))
+            logger.info("mixed precision: step %d (%s), %s %.6g (drop %.4g)", k, change,
+                        budget.metric_name, value, drop)
             bar.update()
             if meets:
                 chosen = (program, cfg)
@@ -327,20 +370,31 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
             f"slimfx.quantize(budget=...): no configuration with a layer quantized keeps "
             f"{budget.metric_name} within max_drop={budget.max_drop:g} of float "
             f"({float_value:.6g}); best reachable: drop {best.drop:.4g} with "
-            f"{len(best.float_layers)} of {len(order)} layers float "
+            f"{len(best.float_layers)} of {len(layers)} layers float "
             f"({', '.join(best.float_layers) or 'none'}). Raise max_drop, or improve int8 "
             "first (smooth-quant, ptq-int8-cle, bias_correction, a histogram observer)")
     program, cfg = chosen
     kept = steps[-1].float_layers
+    top = ladder[-1]
     reasons = {}
     for n in kept:
-        s = entry[n]
+        s = entry[n, top]
         reasons[n] = (f"budget: kept float by the mixed-precision search; {budget.metric_name} "
-                      f"with only this layer int8 {s.only:.6g}, with all but it "
+                      f"with only this layer {top} {s.only:.6g}, with all but it "
                       f"{s.all_but:.6g} (recovery {report.recovery(s):.4g} over everything "
-                      f"int8, {report.quantized_value:.6g})")
-    quantized = tuple(n.name for n in prepared.nodes if n.name in entry and n.name not in kept)
+                      f"{top}, {dict(report.quantized_values)[top]:.6g})")
+    quantized = tuple(n.name for n in prepared.nodes if n.name in level and n.name not in kept)
     logger.info("mixed precision of @%s: %d layers float (%s), drop %.4g <= %g", graph.name,
                 len(kept), ", ".join(kept) or "none", steps[-1].drop, budget.max_drop)
+    precisions = {n: level[n] for n in quantized}
     return MixedPrecisionResult(program, cfg, budget, float_value, tuple(steps), reasons,
-                                quantized, report)
+                                quantized, report, precisions)
+
+
+def _config(base: QConfig, lowest: str, level: dict[str, str], prepared: Graph) -> QConfig:
+    """``base`` at precision ``lowest``, raised / excluded layer by layer as ``level`` says."""
+    low = at_precision(base, lowest)
+    raised = tuple((re.escape(n), op_at_precision(base.config_of(prepared.node(n)), p))
+                   for n, p in level.items() if p not in ("float", lowest))
+    floats = tuple(re.escape(n) for n, p in level.items() if p == "float")
+    return replace(low, by_name=raised + low.by_name, exclude=low.exclude + floats)

@@ -145,3 +145,40 @@ def test_bad_budgets_and_metrics(net) -> None:
         mixed_precision(g, data, Budget(max_drop=0.1, metric=lambda module: "high"))
     with pytest.raises(QuantizationError, match="budget= works with pipeline 'ptq-int8'"):
         slimfx.quantize(g, data, "dynamic-int8", budget=Budget(max_drop=0.1))
+
+
+def test_w4a8_ladder_raises_layers_to_int8_until_the_budget_holds() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                      nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    data = [torch.randn(32, 16) for _ in range(2)]
+    g = slimfx.trace(m, (data[0],))
+    lax = mixed_precision(g, data, Budget(max_drop=0.5, precisions=("int8", "w4a8")))
+    assert lax.budget.precisions == ("w4a8", "int8")  # lowest first
+    assert set(lax.precisions.values()) == {"w4a8"} and len(lax.steps) == 1
+    w4_drop = lax.steps[0].drop
+    int8_drop = 1 - _cosine(m, slimfx.quantize(g, data), data)
+    assert w4_drop > 4 * int8_drop > 0  # 4-bit weights cost more than int8 ones
+    r = mixed_precision(g, data, Budget(max_drop=w4_drop / 4, precisions=("w4a8", "int8")))
+    assert 1 - _cosine(m, r.graph, data) <= w4_drop / 4
+    assert not r.float_layers
+    assert {"w4a8", "int8"} == set(r.precisions.values())
+    assert all("w4a8 -> int8" in s.change for s in r.steps[1:])
+    for layer, precision in r.precisions.items():  # the weights really are 4 or 8 bits
+        w = r.graph.constants[f"{layer}.weight.q"].const
+        bound = 7 if precision == "w4a8" else 127
+        assert int(w.abs().max()) == bound, (layer, precision)
+    assert "layers w4a8" in str(r)
+
+
+def test_sensitivity_measures_w4a8() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    data = [torch.randn(32, 16)]
+    rep = slimfx.sensitivity(slimfx.trace(m, (data[0],)), data, precisions=("int8", "w4a8"))
+    only = {(s.layer, s.precision): s.only for s in rep.layers}
+    assert {p for _, p in only} == {"int8", "w4a8"}
+    for layer in ("0", "2"):  # SQNR in dB: 4-bit weights lose more than 8-bit ones
+        assert only[layer, "w4a8"] < only[layer, "int8"] - 6
+    values = dict(rep.quantized_values)
+    assert values["w4a8"] < values["int8"] == rep.quantized_value
