@@ -3,7 +3,7 @@ program, dynamic int8 and fp16/bf16.
 
 Passes: ``insert-observers``, ``quantize-dequantize``, ``convert-int8``,
 ``quantize-dynamic-int8``, ``cast-half``, ``bias-correction``, ``insert-fake-quant``,
-``equalize-cross-layer``, ``absorb-bias``, ``smooth-quant``.
+``equalize-cross-layer``, ``absorb-bias``, ``smooth-quant``, ``adaround``.
 Pipelines: ``ptq-int8`` (prepare half), ``ptq-int8-cle``, ``qat-int8``, ``dynamic-int8``,
 ``fp16``, ``bf16``.
 Functions: :func:`calibrate`, :func:`quantize`, :func:`report`, :func:`prepare_qat`,
@@ -15,6 +15,7 @@ layer under an accuracy budget).
 from __future__ import annotations
 
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (named pipelines)
+from slimfx.passes.quant.adaround import AdaRound, adaround
 from slimfx.passes.quant.api import prepare_ptq, quantize
 from slimfx.passes.quant.bias_correction import BiasCorrection, bias_correction
 from slimfx.passes.quant.calibrate import calibrate
@@ -38,6 +39,7 @@ from slimfx.passes.quant.smooth_quant import SmoothQuant, smooth_quant
 
 __all__ = [
     "AbsorbBias",
+    "AdaRound",
     "Budget",
     "BiasCorrection",
     "CastHalf",
@@ -53,6 +55,7 @@ __all__ = [
     "QuantizeDynamicInt8",
     "SensitivityReport",
     "SmoothQuant",
+    "adaround",
     "bias_correction",
     "calibrate",
     "convert",

@@ -30,6 +30,7 @@ from slimfx.passes.base import Pass
 from slimfx.passes.context import PassContext
 from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (registers pipelines)
+from slimfx.passes.quant.adaround import AdaRound
 from slimfx.passes.quant.arguments import check_data, check_num_batches, expect_graph
 from slimfx.passes.quant.bias_correction import BiasCorrection
 from slimfx.passes.quant.bias_correction import bias_correction as correct_biases
@@ -212,9 +213,9 @@ def _run_pipeline(graph: Graph, data: Iterable[Any] | None, pipe: Pipeline, *,
     ctx = PassContext()
     if data is not None:
         data = check_data(data, "slimfx.quantize")
-        if bias_correction or any(isinstance(p, BiasCorrection | SmoothQuant) for p in passes):
+        if bias_correction or any(isinstance(p, BiasCorrection | SmoothQuant | AdaRound) for p in passes):
             data = list(data)  # read more than once
-            setattr(ctx, "data", data)  # noqa: B010  (what bias-correction, smooth-quant read)
+            setattr(ctx, "data", data)  # noqa: B010  (bias-correction, smooth-quant, adaround)
     g = graph.clone()
     calibrated = converted = False
     for i, p in enumerate(passes):
