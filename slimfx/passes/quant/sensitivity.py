@@ -199,9 +199,12 @@ class SensitivityReport:
 
 
 def _fmt(v: float) -> str:
+    """Two decimals, or four significant digits for small values (cosines, accuracy drops)."""
     if math.isnan(v):
         return "-"
-    return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:.2f}"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.2f}" if abs(v) >= 10 or v == 0 else f"{v:.4g}"
 
 
 def _finite(v: float) -> float:
