@@ -21,7 +21,10 @@ int8 activations) and moves up one precision per step: first w4a8 -> int8, in th
 the w4a8 recovery (keeping it float over everything w4a8), then int8 -> float in the order
 of the int8 recovery.
 
-Every step is kept (layers float, metric, drop, constant bytes) and printed as a table;
+With ``target="x86"`` (any :func:`slimfx.compile` target runnable here), every step's
+program is also compiled and its median latency measured on this machine
+(``Compiled.benchmark``), next to the float graph's. Every step is kept (layers float,
+metric, drop, constant bytes, latency) and printed as a table;
 the first step that meets the budget is the answer, so it quantizes the most layers that
 this greedy order reaches. Its :class:`~slimfx.passes.quant.qconfig.QConfig` (the base
 config with the float layers in ``exclude``) is readable and reusable, and
@@ -139,7 +142,10 @@ class PrecisionStep:
         value: the metric of the int8 program.
         drop: the metric's drop from float.
         meets: whether the drop is within the budget.
-        constant_bytes: bytes of the program's constants.
+        constant_bytes: bytes of the program's constants (4-bit weights are stored one
+            per byte).
+        change: what this step changed (``layer: w4a8 -> int8``, ``layer: int8 -> float``).
+        latency_ms: the compiled program's median latency (with ``target=``).
     """
 
     float_layers: tuple[str, ...]
@@ -149,6 +155,7 @@ class PrecisionStep:
     meets: bool
     constant_bytes: int
     change: str = "-"
+    latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -176,6 +183,7 @@ class MixedPrecisionResult:
     quantized_layers: tuple[str, ...] = ()
     sensitivity: SensitivityReport | None = None
     precisions: dict[str, str] = field(default_factory=dict)
+    float_latency_ms: float | None = None
 
     @property
     def chosen(self) -> PrecisionStep:
@@ -192,10 +200,14 @@ class MixedPrecisionResult:
                  f"{b.max_drop:g}; " + ", ".join(f"{c} layers {p}" for p, c in counts.items())
                  + f", {len(self.float_layers)} float",
                  f"{'step':>4}  {'float layers':>12}  {'metric':>12}  {'drop':>11}  "
-                 f"{'bytes':>12}  meets  change"]
+                 f"{'bytes':>12}  {'latency ms':>10}  meets  change"]
+        if self.float_latency_ms is not None:
+            lines.append(f"{'fp32':>4}  {'all':>12}  {self.float_value:>12.6g}  {0:>11}  "
+                         f"{'':>12}  {self.float_latency_ms:>10.4g}")
         for i, s in enumerate(self.steps):
+            lat = "-" if s.latency_ms is None else f"{s.latency_ms:.4g}"
             lines.append(f"{i:>4}  {len(s.float_layers):>12}  {s.value:>12.6g}  "
-                         f"{s.drop:>11.4g}  {s.constant_bytes:>12,}  "
+                         f"{s.drop:>11.4g}  {s.constant_bytes:>12,}  {lat:>10}  "
                          f"{'yes' if s.meets else 'no':<5}  {s.change}")
         lines.append(format_islands(self.islands()))
         return "\n".join(lines)
@@ -221,8 +233,12 @@ class MixedPrecisionResult:
         ax.set_xlabel("step (one layer up one precision per step)")
         ax.set_ylabel(self.budget.metric_name)
         right = ax.twinx()
-        right.plot(xs, [s.constant_bytes / 1024 for s in self.steps], "s:", color="tab:gray")
-        right.set_ylabel("constants (KiB)")
+        if all(s.latency_ms is not None for s in self.steps):
+            right.plot(xs, [s.latency_ms for s in self.steps], "s:", color="tab:gray")
+            right.set_ylabel("compiled latency (ms)")
+        else:
+            right.plot(xs, [s.constant_bytes / 1024 for s in self.steps], "s:", color="tab:gray")
+            right.set_ylabel("constants (KiB)")
         ax.legend(loc="lower right")
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -285,7 +301,7 @@ class _Checked:
 
 def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
                     qconfig: QConfig | None = None, num_batches: int | None = None,
-                    progress: bool = False) -> MixedPrecisionResult:
+                    target: str | None = None, progress: bool = False) -> MixedPrecisionResult:
     """Static int8 with the fewest float layers this search finds within ``budget``.
 
     Args:
@@ -294,6 +310,7 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
         budget: the allowed metric drop.
         qconfig: the base configuration (default: the x86 preset).
         num_batches: use at most this many batches.
+        target: also compile every step for this target and measure its latency here.
         progress: show tqdm progress bars.
 
     Raises:
@@ -356,8 +373,9 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
             meets = drop <= budget.max_drop
             kept = tuple(n for n in layers if level[n] == "float")
             raised = tuple((n, p) for n, p in level.items() if p not in ("float", ladder[0]))
+            lat = None if target is None else _latency(program, target)
             steps.append(PrecisionStep(kept, raised, value, drop, meets,
-                                       constant_bytes(program), change))
+                                       constant_bytes(program), change, lat))
             logger.info("mixed precision: step %d (%s), %s %.6g (drop %.4g)", k, change,
                         budget.metric_name, value, drop)
             bar.update()
@@ -387,8 +405,17 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
     logger.info("mixed precision of @%s: %d layers float (%s), drop %.4g <= %g", graph.name,
                 len(kept), ", ".join(kept) or "none", steps[-1].drop, budget.max_drop)
     precisions = {n: level[n] for n in quantized}
+    float_latency = None if target is None else _latency(prepared, target)
     return MixedPrecisionResult(program, cfg, budget, float_value, tuple(steps), reasons,
-                                quantized, report, precisions)
+                                quantized, report, precisions, float_latency)
+
+
+def _latency(program: Graph, target: str) -> float:
+    """Median latency in ms of ``program`` compiled for ``target``, measured here."""
+    from slimfx.backends.tvm import compile as tvm_compile
+
+    return tvm_compile(program, target, progress=False).benchmark(repeat=5,
+                                                                   number=5).median_ms
 
 
 def _config(base: QConfig, lowest: str, level: dict[str, str], prepared: Graph) -> QConfig:

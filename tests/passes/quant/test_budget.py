@@ -182,3 +182,16 @@ def test_sensitivity_measures_w4a8() -> None:
         assert only[layer, "w4a8"] < only[layer, "int8"] - 6
     values = dict(rep.quantized_values)
     assert values["w4a8"] < values["int8"] == rep.quantized_value
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_target_measures_compiled_latency_of_every_step(net) -> None:
+    pytest.importorskip("tvm")
+    m, data, g = net
+    r = mixed_precision(g, data, Budget(max_drop=1e-3), target="x86")
+    assert len(r.steps) == 2
+    assert all(s.latency_ms is not None and s.latency_ms > 0 for s in r.steps)
+    assert r.float_latency_ms is not None and r.float_latency_ms > 0
+    text = str(r)
+    assert "latency ms" in text and "fp32" in text
