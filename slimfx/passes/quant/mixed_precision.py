@@ -233,8 +233,9 @@ class MixedPrecisionResult:
         ax.set_xlabel("step (one layer up one precision per step)")
         ax.set_ylabel(self.budget.metric_name)
         right = ax.twinx()
-        if all(s.latency_ms is not None for s in self.steps):
-            right.plot(xs, [s.latency_ms for s in self.steps], "s:", color="tab:gray")
+        latencies = [s.latency_ms for s in self.steps if s.latency_ms is not None]
+        if len(latencies) == len(self.steps):
+            right.plot(xs, latencies, "s:", color="tab:gray")
             right.set_ylabel("compiled latency (ms)")
         else:
             right.plot(xs, [s.constant_bytes / 1024 for s in self.steps], "s:", color="tab:gray")
@@ -353,8 +354,11 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
     moves: list[tuple[str, str]] = []  # (layer, new precision), in the order they are tried
     for i, p in enumerate(ladder):
         up = ladder[i + 1] if i + 1 < len(ladder) else "float"
-        moves += [(n, up) for n in sorted(layers, key=lambda n, p=p: (
-            -report.recovery(entry[n, p]), layers.index(n)))]
+
+        def gain(n: str, p: str = p) -> tuple[float, int]:
+            return -report.recovery(entry[n, p]), layers.index(n)
+
+        moves += [(n, up) for n in sorted(layers, key=gain)]
     moves = moves[:-1]  # everything float is not a quantization
     level = dict.fromkeys(layers, ladder[0])
     steps: list[PrecisionStep] = []
