@@ -2,7 +2,7 @@
 
 Public API (DESIGN.md §1): ``trace``, ``Pipeline``, ``register_pass``,
 ``calibrate``, ``quantize``, ``to_torch``, ``compile``, ``load``; quantization-aware
-training: ``prepare_qat``, ``convert``; per-layer sensitivity: ``sensitivity``;
+training: ``prepare_qat``, ``convert``; per-layer sensitivity: ``sensitivity``; accuracy budgets: ``Budget``;
 quantization configs: ``QConfig``, ``QScheme``, ``OpQConfig``. Names are
 imported lazily so that ``import slimfx`` stays fast.
 """
@@ -25,6 +25,7 @@ _LAZY = {
     "prepare_qat": "slimfx.passes.quant",
     "convert": "slimfx.passes.quant",
     "QConfig": "slimfx.passes.quant",
+    "Budget": "slimfx.passes.quant",
     "QScheme": "slimfx.passes.quant",
     "OpQConfig": "slimfx.passes.quant",
     "to_torch": "slimfx.backends.torch",

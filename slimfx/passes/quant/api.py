@@ -29,7 +29,7 @@ A failing pass raises the error of its own kind (:class:`QuantizationError`,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from slimfx.errors import PassError, QuantizationError, SlimfxError
 from slimfx.ir.core import Graph
@@ -39,6 +39,7 @@ from slimfx.passes.eliminate_dead_code import EliminateDeadCode
 from slimfx.passes.instruments import Instrument, PassRecord
 from slimfx.passes.pipeline import Pipeline
 from slimfx.passes.quant import pipelines as _pipelines  # noqa: F401  (registers pipelines)
+from slimfx.passes.quant.adaround import AdaRound
 from slimfx.passes.quant.arguments import (
     check_data,
     check_num_batches,
@@ -54,6 +55,10 @@ from slimfx.passes.quant.insert_observers import InsertObservers
 from slimfx.passes.quant.pipelines import PTQ_PREPARE
 from slimfx.passes.quant.qconfig import INTEGER_OPS, QConfig
 from slimfx.passes.quant.quantize_dequantize import QuantizeDequantize
+from slimfx.passes.quant.smooth_quant import SmoothQuant
+
+if TYPE_CHECKING:
+    from slimfx.passes.quant.mixed_precision import Budget
 
 __all__ = ["quantize", "prepare_ptq", "FORMS", "static_steps", "run_steps"]
 
@@ -120,7 +125,8 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
              qconfig: QConfig | None = None, *, num_batches: int | None = None,
              form: Literal["int8", "qdq"] = "int8", progress: bool = False,
              bias_correction: bool = False, ctx: PassContext | None = None,
-             input_fn: Callable[[Any], Any] | None = None) -> Graph:
+             input_fn: Callable[[Any], Any] | None = None,
+             budget: Budget | None = None) -> Graph:
     """Quantizes a copy of ``graph`` (see the module docstring for any pipeline string).
 
     Args:
@@ -143,6 +149,10 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
             ``quantize`` sets its ``data`` (and ``qconfig``) attributes.
         input_fn: ``batch -> inputs``, applied to each batch of ``data`` first (see
             :mod:`~slimfx.passes.quant.arguments`).
+        budget: a :class:`~slimfx.passes.quant.mixed_precision.Budget` (``ptq-int8``
+            only): the layers whose int8 form costs too much stay float; see
+            :func:`~slimfx.passes.quant.mixed_precision.mixed_precision` for the search and
+            its report.
 
     Raises:
         QuantizationError: ``graph`` is not a slimfx graph (a torch module: trace it
@@ -152,11 +162,14 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         CalibrationError: unusable calibration data.
     """
     g = _check_arguments(graph, data, pipeline, qconfig, form, num_batches)
+    if data is not None:
+        data = with_input_fn(check_data(data, "slimfx.quantize"), input_fn, "slimfx.quantize")
+    if budget is not None:
+        return _with_budget(g, data, pipeline, qconfig, budget, num_batches=num_batches,
+                            form=form, progress=progress, bias_correction=bias_correction)
     if pipeline == "ptq-int8" and data is None:
         raise QuantizationError("pipeline 'ptq-int8' needs calibration data: "
                                 "slimfx.quantize(graph, data=batches)")
-    if data is not None:
-        data = with_input_fn(check_data(data, "slimfx.quantize"), input_fn, "slimfx.quantize")
     if ctx is not None and not isinstance(ctx, PassContext):
         raise QuantizationError(f"slimfx.quantize: ctx must be a slimfx PassContext, got "
                                 f"{type(ctx).__name__}")
@@ -165,6 +178,20 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
     return _run_pipeline(g, data, _as_pipeline(pipeline), num_batches=num_batches, form=form,
                          progress=progress, bias_correction=bias_correction, qconfig=qconfig,
                          ctx=ctx)
+
+
+def _with_budget(g: Graph, data: Iterable[Any] | None, pipeline: Any, qconfig: QConfig | None,
+                 budget: Budget, *, num_batches: int | None, form: str, progress: bool,
+                 bias_correction: bool) -> Graph:
+    from slimfx.passes.quant.mixed_precision import mixed_precision
+
+    if pipeline != "ptq-int8" or form != "int8" or bias_correction:
+        raise QuantizationError("slimfx.quantize: budget= works with pipeline 'ptq-int8', "
+                                "form='int8' and no bias_correction for now; got "
+                                f"pipeline={str(pipeline)!r}, form={form!r}, "
+                                f"bias_correction={bias_correction}")
+    return mixed_precision(g, data, budget, qconfig=qconfig, num_batches=num_batches,
+                           progress=progress).graph
 
 
 class _CheckSelected(Instrument):
@@ -266,7 +293,8 @@ def _run_pipeline(graph: Graph, data: Iterable[Any] | None, pipe: Pipeline, *,
     ctx = ctx if ctx is not None else PassContext()
     if data is not None:
         data = check_data(data, "slimfx.quantize")
-        if sum(isinstance(p, Calibrate | BiasCorrection) for p in steps) > 1:
+        if sum(isinstance(p, Calibrate | BiasCorrection | SmoothQuant | AdaRound)
+               for p in steps) > 1:
             data = list(data)  # read more than once
         setattr(ctx, "data", data)  # noqa: B010  (what calibrate and bias-correction read)
     if qconfig is not None:

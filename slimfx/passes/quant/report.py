@@ -12,7 +12,11 @@ they will in the integer program):
 
 The last rows compare the graph outputs of the exact integer program with the
 float ones, and the constant bytes of the float and int8 graphs as they are stored
-(4-bit weights packed two per byte, ``slimfx/ir/int4.py``).
+(4-bit weights packed two per byte, ``slimfx/ir/int4.py``). Then every op that stays
+float in the int8 program is listed with the reason, its quantized neighbours and its
+dequantize/quantize cost (:mod:`~slimfx.passes.quant.report_islands`). With ``budget=``,
+the QConfig is the one :func:`~slimfx.passes.quant.mixed_precision.mixed_precision`
+chooses, and the layers it keeps float say so.
 
 :func:`measure` computes all of it as a :class:`QuantReport` (with the graphs and the time
 each step took); :func:`report` formats it as text, and with ``html=path`` also writes the
@@ -26,7 +30,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -51,6 +55,10 @@ from slimfx.passes.quant.convert_int8 import convert_int8
 from slimfx.passes.quant.insert_observers import insert_observers
 from slimfx.passes.quant.qconfig import QConfig
 from slimfx.passes.quant.quantize_dequantize import qparams_attrs, to_qdq
+from slimfx.passes.quant.report_islands import FloatIsland, float_islands, format_islands
+
+if TYPE_CHECKING:
+    from slimfx.passes.quant.mixed_precision import Budget
 
 __all__ = ["report", "measure", "QuantReport", "LayerError", "Step", "constant_bytes", "sqnr"]
 
@@ -119,6 +127,7 @@ class QuantReport:
         int8_graph: the exact integer program.
         steps: the passes and steps run, with their times.
         batches: how many batches calibrated and measured.
+        islands: the ops that stay float in the int8 program, with their reasons.
     """
 
     layers: tuple[LayerError, ...]
@@ -130,6 +139,7 @@ class QuantReport:
     int8_graph: Graph
     steps: tuple[Step, ...]
     batches: int
+    islands: tuple[FloatIsland, ...] = ()
 
     def text(self) -> str:
         """The text table :func:`report` returns."""
@@ -144,11 +154,13 @@ class QuantReport:
         fb, ib = self.float_bytes, self.int8_bytes
         lines.append(f"model size: float {fb:,} B, int8 {ib:,} B ({fb / max(ib, 1):.2f}x "
                      "smaller)")
+        lines.append(format_islands(list(self.islands)))
         return "\n".join(lines)
 
 
 def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
-           num_batches: int | None = None, html: str | os.PathLike[str] | None = None) -> str:
+           num_batches: int | None = None, html: str | os.PathLike[str] | None = None,
+           budget: Budget | None = None) -> str:
     """A table of per-layer SQNR / max abs error of simulated int8 vs float, and sizes.
 
     Args:
@@ -159,6 +171,8 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         html: also write the one-file HTML report here (per-node and per-layer tables,
             the steps run, an SQNR plot and the graph picture; see
             :mod:`slimfx.passes.quant.report_html`).
+        budget: choose the float layers with :func:`slimfx.passes.quant.mixed_precision`
+            under this :class:`~slimfx.passes.quant.mixed_precision.Budget` first.
 
     Returns:
         The text table (the same whether or not ``html`` is given).
@@ -169,7 +183,7 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
         CalibrationError: no data, or batches that do not fit the graph inputs.
         SlimfxError: the HTML file cannot be written.
     """
-    rep = measure(graph, data, qconfig, num_batches=num_batches)
+    rep = measure(graph, data, qconfig, num_batches=num_batches, budget=budget)
     if html is not None:
         from slimfx.passes.quant.report_html import write_html
 
@@ -178,7 +192,7 @@ def report(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
 
 
 def measure(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *,
-            num_batches: int | None = None) -> QuantReport:
+            num_batches: int | None = None, budget: Budget | None = None) -> QuantReport:
     """Runs the static int8 flow on ``graph`` and measures it (see the module docstring).
 
     Arguments and errors are those of :func:`report`.
@@ -194,6 +208,12 @@ def measure(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *
         raise no_data_error(graph, data, "slimfx.report")
     # checked once, up front: the same batches calibrate and then measure
     batches = [batch_args(graph, b, i) for i, b in enumerate(raw)]
+    reasons: dict[str, str] = {}
+    if budget is not None:
+        from slimfx.passes.quant.mixed_precision import mixed_precision
+
+        chosen = mixed_precision(graph, batches, budget, qconfig=qconfig)
+        qconfig, reasons = chosen.qconfig, chosen.float_layers
     timing = Timing()
     prepared = graph.clone()
     Pipeline(_PREPARE_FLOAT).run(prepared, PassContext([timing]))
@@ -242,7 +262,8 @@ def measure(graph: Graph, data: Iterable[Any], qconfig: QConfig | None = None, *
                  for (name, op, _), (s, e, m) in zip(layers, stats, strict=True))
     return QuantReport(rows, sqnr(out_stats[0], out_stats[1]), out_stats[2],
                        constant_bytes(float_g), constant_bytes(int8), float_g, int8,
-                       tuple(steps), len(batches))
+                       tuple(steps), len(batches),
+                       tuple(float_islands(Pipeline("dce")(int8), qconfig, reasons)))
 
 
 def _qp(v: Value) -> QParams:

@@ -20,7 +20,13 @@ itself; the *all but* score, compared with everything quantized, says how much k
 that layer float recovers (the usual mixed-precision question). Layers are ranked by
 the *only* score, worst first (ties broken by the larger recovery).
 
-The cost is ``2 * layers + 1`` calibrations; ``progress=True`` shows a tqdm bar.
+Precisions: ``int8`` is the QConfig as given; ``w4a8`` is the same with every weight
+scheme narrowed to symmetric 4-bit ``[-7, 7]`` (activations stay int8;
+:func:`at_precision`). For ``w4a8``, *only* quantizes that layer alone at w4a8, and
+*all but* compares with every layer at w4a8.
+
+The cost is ``(2 * layers + 1) * precisions`` calibrations; ``progress=True`` shows a tqdm
+bar.
 """
 
 from __future__ import annotations
@@ -50,16 +56,37 @@ from slimfx.passes.quant.arguments import (
 )
 from slimfx.passes.quant.calibrate import calibrate
 from slimfx.passes.quant.convert_int8 import convert_int8
-from slimfx.passes.quant.qconfig import QConfig
+from slimfx.passes.quant.qconfig import OpQConfig, QConfig
 from slimfx.passes.quant.quantize_dequantize import to_qdq
 from slimfx.passes.quant.report import sqnr
 
-__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "PRECISIONS"]
+__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "int8_program", "at_precision",
+           "op_at_precision", "PRECISIONS", "W4"]
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("int8",)
-"""The precisions :func:`sensitivity` can measure."""
+PRECISIONS = ("int8", "w4a8")
+"""The precisions :func:`sensitivity` can measure (see the module docstring)."""
+
+W4 = (-7, 7)
+"""The integer range of 4-bit weights (symmetric)."""
+
+
+def op_at_precision(cfg: OpQConfig | None, precision: str) -> OpQConfig | None:
+    """``cfg`` at ``precision``: unchanged for ``int8``, 4-bit weights for ``w4a8``."""
+    if cfg is None or precision == "int8":
+        return cfg
+    return replace(cfg, weight=replace(cfg.weight, qmin=W4[0], qmax=W4[1]))
+
+
+def at_precision(qconfig: QConfig, precision: str) -> QConfig:
+    """``qconfig`` with every entry at ``precision`` (see :func:`op_at_precision`)."""
+    if precision == "int8":
+        return qconfig
+    return replace(qconfig, default=op_at_precision(qconfig.default, precision),
+                   by_op=tuple((o, op_at_precision(c, precision)) for o, c in qconfig.by_op),
+                   by_name=tuple((p, op_at_precision(c, precision))
+                                 for p, c in qconfig.by_name))
 
 Metric = Callable[[torch.nn.Module], float]
 
@@ -91,8 +118,9 @@ class SensitivityReport:
         metric: what was measured (``"output SQNR (dB)"`` or the metric's name).
         higher_is_better: the direction of the metric.
         float_value: the metric of the float graph (``inf`` for SQNR).
-        quantized_value: the metric with every layer quantized.
+        quantized_value: the metric with every layer quantized (at the first precision).
         layers: one entry per layer and precision, most sensitive first.
+        quantized_values: precision -> the metric with every layer at that precision.
     """
 
     metric: str
@@ -100,14 +128,17 @@ class SensitivityReport:
     float_value: float
     quantized_value: float
     layers: tuple[LayerSensitivity, ...]
+    quantized_values: tuple[tuple[str, float], ...] = ()
 
     def ranked(self) -> list[str]:
         """Layer names, most sensitive first."""
         return list(dict.fromkeys(s.layer for s in self.layers))
 
     def recovery(self, entry: LayerSensitivity) -> float:
-        """How much keeping ``entry``'s layer float improves on everything quantized."""
-        gain = entry.all_but - self.quantized_value
+        """How much keeping ``entry``'s layer float improves on everything quantized (at
+        the entry's precision)."""
+        base = dict(self.quantized_values).get(entry.precision, self.quantized_value)
+        gain = entry.all_but - base
         return gain if self.higher_is_better else -gain
 
     def loss(self, entry: LayerSensitivity) -> float:
@@ -168,9 +199,12 @@ class SensitivityReport:
 
 
 def _fmt(v: float) -> str:
+    """Two decimals, or four significant digits for small values (cosines, accuracy drops)."""
     if math.isnan(v):
         return "-"
-    return "inf" if v == math.inf else "-inf" if v == -math.inf else f"{v:.2f}"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.2f}" if abs(v) >= 10 or v == 0 else f"{v:.4g}"
 
 
 def _finite(v: float) -> float:
@@ -188,7 +222,8 @@ def _check_precisions(precisions: Any) -> tuple[str, ...]:
     return out
 
 
-def _int8(prepared: Graph, qconfig: QConfig, batches: Sequence[tuple[Any, ...]]) -> Graph:
+def int8_program(prepared: Graph, qconfig: QConfig, batches: Sequence[tuple[Any, ...]]) -> Graph:
+    """The calibrated int8 program of a prepared float graph under ``qconfig``."""
     g = prepare_ptq(prepared, qconfig)
     calibrate(g, batches, progress=False)
     to_qdq(g)
@@ -234,7 +269,7 @@ def sensitivity(graph: Graph, data: Iterable[Any], metric: Metric | None = None,
         data: batches, used to calibrate and (default metric) to measure.
         metric: ``metric(module) -> float`` on a :func:`slimfx.to_torch` module; default:
             output SQNR in dB against the float graph on ``data``.
-        precisions: the precisions to try each layer at; only ``int8`` exists today.
+        precisions: the precisions to try each layer at: ``int8``, ``w4a8``.
         qconfig: what is quantized and how (default: the x86 preset); per-tensor weights:
             ``QConfig.preset("x86", per_channel_weights=False)``.
         higher_is_better: the direction of ``metric`` (SQNR, accuracy: True).
@@ -269,29 +304,32 @@ def sensitivity(graph: Graph, data: Iterable[Any], metric: Metric | None = None,
     name = "output SQNR (dB)" if metric is None else getattr(metric, "__name__", "metric")
 
     def measure(cfg: QConfig) -> float:
-        value = float(score(to_torch(_int8(prepared, cfg, batches), trainable=False)))
+        value = float(score(to_torch(int8_program(prepared, cfg, batches), trainable=False)))
         bar.update()
         return value
 
     entries = []
-    with tqdm(total=1 + 2 * len(layers) * len(precisions), desc="sensitivity",
+    quantized: dict[str, float] = {}
+    with tqdm(total=(1 + 2 * len(layers)) * len(precisions), desc="sensitivity",
               disable=not progress) as bar:
         float_value = math.inf if metric is None else float(score(float_module))
-        quantized_value = measure(base)
         for precision in precisions:
+            at = at_precision(base, precision)
+            quantized[precision] = measure(at)
             for node, cfg in layers:
                 pattern = re.escape(node.name)
-                only = QConfig(default=None, by_name=((pattern, cfg),))
+                only = QConfig(default=None,
+                               by_name=((pattern, op_at_precision(cfg, precision)),))
                 extra = [n.name for n in only.resolve(prepared) if n is not node]
                 if extra:  # the name is also the module path of other nodes
                     logger.warning("sensitivity: quantizing %%%s alone also quantizes %s",
                                    node.name, ", ".join(f"%{e}" for e in extra))
-                all_but = replace(base, exclude=base.exclude + (pattern,))
+                all_but = replace(at, exclude=at.exclude + (pattern,))
                 entries.append(LayerSensitivity(node.name, node.op.name, precision,
                                                 measure(only), measure(all_but)))
     sign = 1.0 if higher_is_better else -1.0
     entries.sort(key=lambda s: (sign * s.only, -sign * s.all_but))
     logger.info("sensitivity of @%s: most sensitive %s", graph.name,
                 entries[0].layer if entries else "none")
-    return SensitivityReport(name, higher_is_better, float_value, quantized_value,
-                             tuple(entries))
+    return SensitivityReport(name, higher_is_better, float_value, quantized[precisions[0]],
+                             tuple(entries), tuple(quantized.items()))

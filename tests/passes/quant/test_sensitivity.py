@@ -131,8 +131,8 @@ def test_per_channel_default_and_lower_is_better(setup) -> None:  # noqa: ANN001
 
 def test_errors(setup) -> None:  # noqa: ANN001
     _, g, data = setup
-    with pytest.raises(QuantizationError, match="'w4a8' not supported; valid precisions: int8"):
-        slimfx.sensitivity(g, data, precisions=("int8", "w4a8"))
+    with pytest.raises(QuantizationError, match="'w2' not supported; valid precisions: int8, w4a8"):
+        slimfx.sensitivity(g, data, precisions=("int8", "w2"))
     with pytest.raises(QuantizationError, match="trace it first"):
         slimfx.sensitivity(small_cnn(), data)
     with pytest.raises(QuantizationError, match="metric must be a callable"):
