@@ -7,6 +7,20 @@ Formulas follow the torch kernels (``slimfx/backends/torch/kernels.py``):
 - ``softplus(x) = x if beta*x > threshold else log(1 + exp(beta*x)) / beta``,
 - ``round`` rounds half to even (torch), not half away from zero (LLVM ``round``).
 
+Accuracy where TVM's own lowering loses it (each found by the differential fuzzer):
+
+- ``tanh``: TVM computes ``(1 - e^-2y) / (1 + e^-2y)``, which cancels near 0 (0 for
+  ``|y| < 3e-8``, a relative error of ~``eps / 2|y|`` below ~1e-2). For ``|y| < 0.4`` the
+  odd Taylor series through ``y^15`` is used instead (truncation < 3e-10 relative).
+- ``softplus`` and ``mish`` use ``log1p(e^x)`` as torch does (:func:`log1p`), where
+  ``log(1 + u)`` is 0 for ``u < 6e-8`` and has a relative error of ~``eps / u`` above:
+  ``mish(x < -16)`` was -0.0 or twice ``x * e^x``.
+- fp16/bf16 ``tanh``, ``softplus``, ``mish`` and ``leaky_relu`` compute in fp32 and round
+  once, as torch's kernels for the reduced float types do (``leaky_relu`` in fp16 used to
+  multiply by the slope rounded to fp16: 0.2 -> 0.19995, 1 ulp off torch).
+- ``gelu`` (exact form) of +-Inf is NaN: torch's fp32/fp16 kernel gives NaN there (its
+  fp64 kernel gives +-Inf and 0), TVM's formula gave +Inf for +Inf.
+
 NaN and infinities behave as in PyTorch (DESIGN.md §4): ``relu``, ``clamp`` (and what is
 built on it: ``relu6``, ``hardtanh``, ``hardsigmoid``, fused activations), ``maximum`` and
 ``minimum`` propagate NaN. TVM's ``max``/``min`` are ``select(a > b, a, b)``, which returns
@@ -25,7 +39,8 @@ from tvm.relax import Expr
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.ir.core import Node
 
-__all__ = ["clamp", "round_half_even", "is_float", "nan_max", "propagate_nan"]
+__all__ = ["clamp", "round_half_even", "is_float", "nan_max", "propagate_nan", "tanh",
+           "log1p"]
 
 R = relax.op
 
@@ -71,18 +86,27 @@ def nan_max(ctx: LowerContext, a: Expr, b: Expr, *, minimum: bool = False) -> Ex
     return ctx.emit(R.where(R.isnan(a), a, pick))
 
 
-def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], Expr]) -> Expr:
-    """``y``, a max/min of windows or axes of ``x``, with NaN where the window holds a NaN.
+def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], Expr], *,
+                  minimum: bool = False) -> Expr:
+    """``y``, a max (``minimum``: min) of windows or axes of ``x``, with torch's non-finite rules.
 
-    ``reduce`` applies the same windows/axes to an ``int8`` tensor (1 where ``x`` is NaN).
-    torch's max-pool and ``amax`` propagate NaN; TVM's ``max`` reducer drops it.
+    A window holding a NaN gives NaN (TVM's ``max`` reducer drops it); a window of only
+    ``-inf`` (``minimum``: ``+inf``) gives that infinity (TVM's reducers start from the
+    lowest finite value, so such a window gave ``-FLT_MAX``). ``reduce`` applies the same
+    windows/axes, as a MAX, to an ``int8`` code of ``x``: 2 for NaN, 0 for the infinity the
+    reduction starts from, 1 otherwise (windows TVM pads read -128, below every code).
     """
     dtype = ctx.dtype_of(x)
     if not is_float(dtype):
         return y
-    flag = ctx.emit(reduce(ctx.emit(R.astype(R.isnan(x), "int8"))))
+    i8 = "int8"
+    start = ctx.scalar(float("inf") if minimum else float("-inf"), dtype)
+    code = R.where(R.isnan(x), ctx.scalar(2, i8),
+                   R.where(R.equal(x, start), ctx.scalar(0, i8), ctx.scalar(1, i8)))
+    flag = ctx.emit(reduce(ctx.emit(code)))
     nan = ctx.scalar(float("nan"), dtype)
-    return ctx.emit(R.where(R.greater(flag, ctx.scalar(0, "int8")), nan, y))
+    y = ctx.emit(R.where(R.equal(flag, ctx.scalar(0, i8)), start, y))
+    return ctx.emit(R.where(R.greater(flag, ctx.scalar(1, i8)), nan, y))
 
 
 def round_half_even(ctx: LowerContext, x: Expr) -> Expr:
@@ -99,17 +123,70 @@ def round_half_even(ctx: LowerContext, x: Expr) -> Expr:
     return ctx.emit(R.where(R.equal(d, half), tie, r))
 
 
-def _softplus(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
+def _in_fp32(ctx: LowerContext, x: Expr, fn: Callable[[Expr], Expr]) -> Expr:
+    """``fn(x)``, computed in fp32 and rounded once when ``x`` is fp16/bf16 (as torch does)."""
+    dt = ctx.dtype_of(x)
+    if dt not in ("float16", "bfloat16"):
+        return fn(x)
+    return ctx.cast(ctx.emit(fn(ctx.cast(x, "float32"))), dt)
+
+
+# tanh's odd Taylor series, tanh(y) = y * sum_k c_k y^(2k), through y^15
+_TANH_SERIES = (1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925, 21844 / 6081075,
+                -929569 / 638512875)
+_TANH_SERIES_BELOW = 0.4
+
+
+def _tanh_f(ctx: LowerContext, y: Expr) -> Expr:
+    dt = ctx.dtype_of(y)
+    s = ctx.emit(R.multiply(y, y))
+    p: Expr = ctx.scalar(_TANH_SERIES[-1], dt)
+    for c in reversed(_TANH_SERIES[:-1]):
+        p = ctx.emit(R.add(R.multiply(p, s), ctx.scalar(c, dt)))
+    small = ctx.emit(R.multiply(y, p))
+    near_zero = R.less(R.abs(y), ctx.scalar(_TANH_SERIES_BELOW, dt))
+    return ctx.emit(R.where(near_zero, small, R.tanh(y)))
+
+
+def tanh(ctx: LowerContext, y: Expr) -> Expr:
+    """``torch.tanh`` to a few ulp, also near 0 (see the module docstring)."""
+    return _in_fp32(ctx, y, lambda t: _tanh_f(ctx, t))
+
+
+def log1p(ctx: LowerContext, u: Expr) -> Expr:
+    """``log(1 + u)`` for ``u >= 0`` (or +Inf, NaN), accurate when ``u`` is tiny.
+
+    For ``u < 1``: ``2 atanh(z)`` with ``z = u / (2 + u) <= 1/3``, its odd series through
+    ``z^15`` (truncation < 2e-9 relative); else ``log(1 + u)``. (The shorter
+    ``log(w) * u / (w - 1)``, ``w = 1 + u``, does not survive TVM's simplifier, which
+    rewrites ``(1 + u) - 1`` to ``u``.)
+    """
+    dt = ctx.dtype_of(u)
+    z = ctx.emit(R.divide(u, R.add(ctx.scalar(2.0, dt), u)))
+    z2 = ctx.emit(R.multiply(z, z))
+    p: Expr = ctx.scalar(1.0 / 15, dt)
+    for k in range(13, 0, -2):
+        p = ctx.emit(R.add(R.multiply(p, z2), ctx.scalar(1.0 / k, dt)))
+    series = ctx.emit(R.multiply(R.multiply(z, p), ctx.scalar(2.0, dt)))
+    big = ctx.emit(R.log(R.add(ctx.scalar(1.0, dt), u)))
+    return ctx.emit(R.where(R.less(u, ctx.scalar(1.0, dt)), series, big))
+
+
+def _softplus_f(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
     dt = ctx.dtype_of(x)
     bx = ctx.emit(R.multiply(x, ctx.scalar(beta, dt))) if beta != 1.0 else x
-    soft = ctx.emit(R.log(R.add(ctx.scalar(1.0, dt), R.exp(bx))))
+    soft = log1p(ctx, ctx.emit(R.exp(bx)))
     if beta != 1.0:
         soft = ctx.emit(R.divide(soft, ctx.scalar(beta, dt)))
     return ctx.emit(R.where(R.greater(bx, ctx.scalar(threshold, dt)), x, soft))
 
 
+def _softplus(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
+    return _in_fp32(ctx, x, lambda t: _softplus_f(ctx, t, beta, threshold))
+
+
 _SIMPLE: dict[str, Callable[[Expr], Expr]] = {
-    "silu": R.nn.silu, "sigmoid": R.sigmoid, "tanh": R.tanh, "exp": R.exp,
+    "silu": R.nn.silu, "sigmoid": R.sigmoid, "exp": R.exp,
     "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "neg": R.negative, "abs": R.abs, "erf": R.erf,
     "sin": R.sin, "cos": R.cos, "floor": R.floor, "ceil": R.ceil, "sign": R.sign,
     "logical_not": R.logical_not,
@@ -150,9 +227,16 @@ def _hardsigmoid(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     return clamp(ctx, y, 0.0, 1.0)
 
 
+@register_lowering("tanh")
+def _tanh(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return tanh(ctx, x)
+
+
 @register_lowering("mish")
 def _mish(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.multiply(x, R.tanh(_softplus(ctx, x, 1.0, 20.0)))
+    def mish(t: Expr) -> Expr:
+        return R.multiply(t, _tanh_f(ctx, _softplus_f(ctx, t, 1.0, 20.0)))
+    return _in_fp32(ctx, x, mish)
 
 
 @register_lowering("reciprocal")
@@ -167,12 +251,15 @@ def _round(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("gelu")
 def _gelu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.gelu_tanh(x) if node.attrs["approximate"] == "tanh" else R.nn.gelu(x)
+    if node.attrs["approximate"] == "tanh":
+        return R.nn.gelu_tanh(x)
+    y = ctx.emit(R.nn.gelu(x))
+    return R.where(R.isinf(x), ctx.scalar(float("nan"), ctx.dtype_of(x)), y)  # as torch
 
 
 @register_lowering("leaky_relu")
 def _leaky_relu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.leakyrelu(x, node.attrs["negative_slope"])
+    return _in_fp32(ctx, x, lambda t: R.nn.leakyrelu(t, node.attrs["negative_slope"]))
 
 
 @register_lowering("elu")

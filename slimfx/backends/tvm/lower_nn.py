@@ -2,6 +2,19 @@
 
 - A fused activation (``act_min``/``act_max``) becomes a clamp after the bias (NaN stays
   NaN, as in torch).
+- fp16/bf16 convolutions, ``linear`` and ``matmul`` accumulate in fp32 (bias included) and
+  round once, as torch's CPU kernels do (TVM's default accumulates in the input dtype: a
+  K-term fp16 dot product drifted by up to ~K/2 fp16 ulps).
+- ``conv_transpose2d`` with dilation > 1 is a stride-1 convolution, dilated by the
+  transposed convolution's dilation, of the input with zeros inserted between its
+  elements (``stride - 1`` per gap) and padded by ``dilation * (kernel - 1) - padding``
+  (plus ``output_padding`` at the end; negative amounts crop), with the weight transposed
+  to ``[out, in / groups, kh, kw]`` and flipped spatially. TVM's own
+  ``conv2d_transpose`` dilates the KERNEL with zeros, and ``0 * NaN`` then spread a NaN or
+  Inf input to outputs it does not reach in torch.
+- ``layer_norm`` over one element is ``(x - x) * rsqrt(eps) * weight + bias`` with
+  ``x - x`` written ``where(isfinite(x), 0, NaN)``: TVM simplifies ``x - mean(x)`` to 0
+  there, which turned NaN/Inf inputs into ``bias`` (torch: NaN).
 - Float max-pools (plain and adaptive) give NaN for a window holding a NaN, as torch does.
 - ``batch_norm(x) = (x - mean) * rsqrt(var + eps) * weight + bias`` on axis 1, written with
   elementwise ops so that constant folding turns it into one scale and shift.
@@ -18,6 +31,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.relax import Expr
 
@@ -45,12 +59,18 @@ def _act(ctx: LowerContext, node: Node, y: Expr) -> Expr:
     return clamp(ctx, y, node.attrs["act_min"], node.attrs["act_max"])
 
 
+def _acc(dtype: str) -> str:
+    """The accumulation dtype of a float dot product: fp32 for the 16-bit floats."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
 @register_lowering("conv1d")
 def _conv1d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     a = node.attrs
-    y = ctx.emit(R.nn.conv1d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
-                             a["dilation"], a["groups"]))
-    return _act(ctx, node, _channel_bias(ctx, y, b, 3))
+    dt = ctx.dtype_of(x)
+    y = ctx.emit(R.nn.conv1d(x, ctx.cast(w, dt), a["stride"], a["padding"], a["dilation"],
+                             a["groups"], out_dtype=_acc(dt)))
+    return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 3), dt))
 
 
 @register_lowering("conv2d")
@@ -60,18 +80,81 @@ def _conv2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = No
         y = dense_fp32.conv2d_fp32(ctx, x, w, b, stride=a["stride"], padding=a["padding"],
                                    dilation=a["dilation"])
         return _act(ctx, node, y)
-    y = ctx.emit(R.nn.conv2d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
-                             a["dilation"], a["groups"]))
-    return _act(ctx, node, _channel_bias(ctx, y, b, 4))
+    dt = ctx.dtype_of(x)
+    y = ctx.emit(R.nn.conv2d(x, ctx.cast(w, dt), a["stride"], a["padding"], a["dilation"],
+                             a["groups"], out_dtype=_acc(dt)))
+    return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 4), dt))
+
+
+def _insert_zeros(ctx: LowerContext, x: Expr, axis: int, stride: int) -> Expr:
+    """``x`` with ``stride - 1`` zeros between consecutive elements along ``axis``."""
+    if stride == 1:
+        return x
+    shape = list(ctx.shape_of(x))
+    n = shape[axis]
+    y = ctx.emit(R.expand_dims(x, axis + 1))
+    widths = [0] * (2 * len(shape) + 2)
+    widths[2 * (axis + 1) + 1] = stride - 1
+    y = ctx.emit(R.nn.pad(y, widths))
+    shape[axis] = n * stride
+    y = ctx.emit(R.reshape(y, shape))
+    return ctx.emit(R.strided_slice(y, [axis], [0], [(n - 1) * stride + 1]))
+
+
+def _pad_or_crop(ctx: LowerContext, x: Expr, axis: int, lo: int, hi: int) -> Expr:
+    """``x`` padded with ``lo``/``hi`` zeros before/after along ``axis`` (negative: cropped)."""
+    rank = len(ctx.shape_of(x))
+    if lo > 0 or hi > 0:
+        widths = [0] * (2 * rank)
+        widths[2 * axis], widths[2 * axis + 1] = max(lo, 0), max(hi, 0)
+        x = ctx.emit(R.nn.pad(x, widths))
+    if lo < 0 or hi < 0:
+        n = ctx.shape_of(x)[axis]
+        x = ctx.emit(R.strided_slice(x, [axis], [max(-lo, 0)], [n - max(-hi, 0)]))
+    return x
+
+
+def _transposed_weight(ctx: LowerContext, w: Expr, groups: int, dtype: str) -> Expr:
+    """A ``conv_transpose2d`` weight ``[in, out/g, kh, kw]`` as the ``conv2d`` weight
+    ``[out, in/g, kh, kw]`` (per group: in and out swapped), flipped in kh and kw."""
+    cin, cout_g, kh, kw = ctx.shape_of(w)
+    if isinstance(w, tvm.ir.expr.Constant) and "bfloat" not in ctx.dtype_of(w):
+        wn = w.value.numpy().reshape(groups, cin // groups, cout_g, kh, kw)
+        wn = wn.transpose(0, 2, 1, 3, 4).reshape(groups * cout_g, cin // groups, kh, kw)
+        return ctx.const(np.ascontiguousarray(wn[:, :, ::-1, ::-1]), dtype)
+    w = ctx.cast(w, dtype)
+    w = ctx.emit(R.reshape(w, [groups, cin // groups, cout_g, kh, kw]))
+    w = ctx.emit(R.reshape(R.permute_dims(w, [0, 2, 1, 3, 4]),
+                           [groups * cout_g, cin // groups, kh, kw]))
+    return ctx.emit(R.flip(R.flip(w, 2), 3))
+
+
+def _conv_t2d_dilated(ctx: LowerContext, node: Node, x: Expr, w: Expr) -> Expr:
+    """``conv_transpose2d`` as a direct convolution (module docstring); no bias."""
+    a = node.attrs
+    dt = ctx.dtype_of(x)
+    k = ctx.shape_of(w)[2:]
+    for i in range(2):
+        x = _insert_zeros(ctx, x, 2 + i, a["stride"][i])
+    for i in range(2):
+        edge = a["dilation"][i] * (k[i] - 1) - a["padding"][i]
+        x = _pad_or_crop(ctx, x, 2 + i, edge, edge + a["output_padding"][i])
+    wt = _transposed_weight(ctx, w, a["groups"], dt)
+    return ctx.emit(R.nn.conv2d(x, wt, (1, 1), (0, 0), a["dilation"], a["groups"],
+                                out_dtype=_acc(dt)))
 
 
 @register_lowering("conv_transpose2d")
 def _conv_t2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     a = node.attrs
-    y = ctx.emit(R.nn.conv2d_transpose(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"],
-                                       a["padding"], a["output_padding"], a["dilation"],
-                                       a["groups"]))
-    return _act(ctx, node, _channel_bias(ctx, y, b, 4))
+    dt = ctx.dtype_of(x)
+    if any(d != 1 for d in a["dilation"]):
+        y = _conv_t2d_dilated(ctx, node, x, w)
+    else:
+        y = ctx.emit(R.nn.conv2d_transpose(x, ctx.cast(w, dt), a["stride"], a["padding"],
+                                           a["output_padding"], a["dilation"], a["groups"],
+                                           out_dtype=_acc(dt)))
+    return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 4), dt))
 
 
 @register_lowering("linear")
@@ -79,16 +162,17 @@ def _linear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = No
     if dense_fp32.applies(ctx, x, w, b):  # x86: register-tiled dense on a packed weight
         return _act(ctx, node, dense_fp32.linear_fp32(ctx, x, w, b))
     dt = ctx.dtype_of(x)
-    y = ctx.emit(R.matmul(x, ctx.permute(ctx.cast(w, dt), [1, 0])))
+    y = ctx.emit(R.matmul(x, ctx.permute(ctx.cast(w, dt), [1, 0]), out_dtype=_acc(dt)))
     if b is not None:
-        y = ctx.emit(R.add(y, ctx.cast(b, dt)))
-    return _act(ctx, node, y)
+        y = ctx.emit(R.add(y, ctx.cast(b, _acc(dt))))
+    return _act(ctx, node, ctx.cast(y, dt))
 
 
 @register_lowering("matmul")
 def _matmul(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
     dt = to_tvm_dtype(node.outputs[0].dtype)
-    return R.matmul(ctx.cast(a, dt), ctx.cast(b, dt))
+    y = ctx.emit(R.matmul(ctx.cast(a, dt), ctx.cast(b, dt), out_dtype=_acc(dt)))
+    return ctx.cast(y, dt)
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -127,6 +211,11 @@ def _layer_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = No
     dt = ctx.dtype_of(x)
     g, b = _affine(ctx, ns, dt, weight, bias)
     axes = list(range(-len(ns), 0))
+    if math.prod(ns) == 1:  # x - mean(x) is x - x: 0, or NaN for NaN/Inf (module docstring)
+        centered = R.where(R.isfinite(x), ctx.scalar(0.0, dt), ctx.scalar(float("nan"), dt))
+        eps = node.attrs["eps"]
+        inv = ctx.scalar(1.0 / math.sqrt(eps) if eps > 0 else math.inf, dt)
+        return R.add(R.multiply(ctx.emit(R.multiply(centered, inv)), g), b)
     return R.nn.layer_norm(x, g, b, axes, node.attrs["eps"])
 
 
