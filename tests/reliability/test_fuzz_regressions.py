@@ -55,9 +55,13 @@ CONVT_NAN = [
                                                groups=1)),
     _convt(1, (2, 4, 6, 4), (4, 2, 3, 4), dict(stride=[1, 3], padding=[0, 1], dilation=[1, 2],
                                                groups=2)),
-    _convt(2, (1, 2, 4, 5), (2, 1, 5, 1), dict(stride=[3, 3], padding=[3, 0],
-                                               output_padding=[2, 0], dilation=[2, 1],
-                                               groups=1)),
+    FuzzCase("conv_transpose2d",  # found by the campaign of notes/fuzz_campaign.md
+             [Operand("in", (1, 2, 4, 5), "f32", "uniform", -1e-3, 1e-3, "nonfinite", 0.02,
+                      3348),
+              Operand("const", (2, 1, 5, 1), "f32", "uniform", -1.0, 1.0, None, 0.0, 124542)],
+             {"stride": [3, 3], "padding": [3, 0], "output_padding": [2, 0],
+              "dilation": [2, 1], "groups": 1}, Tol("reduce", 1, reduction=11),
+             id="convt_dil_nan_2"),
     _convt(3, (1, 3, 5, 5), (3, 2, 3, 3), dict(stride=[2, 2], padding=[1, 2], dilation=[3, 2],
                                                groups=1), wkind="in", bias=True),
     _convt(4, (2, 4, 3, 4), (4, 3, 2, 3), dict(stride=[2, 1], padding=[0, 0], dilation=[2, 2],
@@ -123,6 +127,13 @@ POOL_NEG_INF = [
 LEAKY_F16 = [FuzzCase("leaky_relu", [Operand("in", (512,), "f16", "uniform", -100.0, 100.0,
                                              seed=1749693)],
                       {"negative_slope": 0.2}, id="leaky_relu_f16")]
+# Fixed (lower_elementwise._leaky_relu): with negative_slope 0, TVM folds x * 0.0 to 0, so
+# NaN (and -inf: -inf * 0 is NaN in torch) became 0. Found as leaky_relu(x f16[6,5,1]
+# uniform[-4,4], 20% NaN/Inf, negative_slope 0.0): expected nan, got 0.0.
+LEAKY_ZERO = [FuzzCase("leaky_relu", [Operand("in", (6, 5, 1), dt, "uniform", -4.0, 4.0,
+                                              "nonfinite", 0.2, 148)],
+                       {"negative_slope": 0.0}, id=f"leaky_relu_zero_slope_{dt}")
+              for dt in ("f16", "f32")]
 
 # Fixed (lower_elementwise._gelu): torch's fp32/fp16 gelu (exact form) of +-Inf is NaN; the
 # compiled formula gave +Inf for +Inf. Found as gelu(x f32[16,7,16] uniform[-100,100], 20%
@@ -168,7 +179,7 @@ F16_ACCUMULATE = [
              {"stride": [1], "padding": [0], "dilation": [1]}, Tol("ulp", 1), id="conv1d_f16"),
 ]
 
-FIXED = CONVT_NAN + TAILS + POOL_NEG_INF + LEAKY_F16 + GELU_INF + LAYER_NORM_ONE \
+FIXED = CONVT_NAN + TAILS + POOL_NEG_INF + LEAKY_F16 + LEAKY_ZERO + GELU_INF + LAYER_NORM_ONE \
     + F16_ACCUMULATE
 
 
@@ -236,7 +247,8 @@ def test_max_reductions_of_only_infinities(outcomes: dict[str, Outcome],
     _passed(outcomes, case)
 
 
-@pytest.mark.parametrize("case", LEAKY_F16 + GELU_INF + LAYER_NORM_ONE, ids=lambda c: c.id)
+@pytest.mark.parametrize("case", LEAKY_F16 + LEAKY_ZERO + GELU_INF + LAYER_NORM_ONE,
+                         ids=lambda c: c.id)
 def test_fp16_slope_gelu_inf_layer_norm_of_one(outcomes: dict[str, Outcome],
                                                case: FuzzCase) -> None:
     _passed(outcomes, case)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from tvm import relax
 from tvm.relax import Expr
 
@@ -259,7 +260,17 @@ def _gelu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("leaky_relu")
 def _leaky_relu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return _in_fp32(ctx, x, lambda t: R.nn.leakyrelu(t, node.attrs["negative_slope"]))
+    slope = node.attrs["negative_slope"]
+
+    def leaky(t: Expr) -> Expr:
+        if slope != 0.0:
+            return R.nn.leakyrelu(t, slope)
+        # slope 0: TVM folds t * 0.0 (an immediate) to 0, but torch's NaN * 0 and -inf * 0
+        # are NaN; a one-element constant TENSOR is not folded
+        dt = ctx.dtype_of(t)
+        zero = ctx.const(np.zeros([1] * len(ctx.shape_of(t))), dt)
+        return R.where(R.greater(t, ctx.scalar(0.0, dt)), t, ctx.emit(R.multiply(t, zero)))
+    return _in_fp32(ctx, x, leaky)
 
 
 @register_lowering("elu")
