@@ -15,8 +15,10 @@ Accuracy where TVM's own lowering loses it (each found by the differential fuzze
 - ``softplus`` and ``mish`` use ``log1p(e^x)`` as torch does (:func:`log1p`), where
   ``log(1 + u)`` is 0 for ``u < 6e-8`` and has a relative error of ~``eps / u`` above:
   ``mish(x < -16)`` was -0.0 or twice ``x * e^x``.
-- fp16/bf16 ``tanh``, ``softplus``, ``mish`` and ``leaky_relu`` compute in fp32 and round
-  once, as torch's kernels for the reduced float types do (``leaky_relu`` in fp16 used to
+- fp16/bf16 ``tanh``, ``softplus``, ``mish``, ``leaky_relu``, ``softmax`` and
+  ``log_softmax`` compute in fp32 and round once, as torch's kernels for the reduced float
+  types do (TVM has no bf16 ``isnan``/``isinf``/``isfinite``: :func:`isnan` & co. widen
+  bf16 to fp32 first) (``leaky_relu`` in fp16 used to
   multiply by the slope rounded to fp16: 0.2 -> 0.19995, 1 ulp off torch).
 - ``gelu`` (exact form) of +-Inf is NaN: torch's fp32/fp16 kernel gives NaN there (its
   fp64 kernel gives +-Inf and 0), TVM's formula gave +Inf for +Inf.
@@ -41,7 +43,7 @@ from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dt
 from slimfx.ir.core import Node
 
 __all__ = ["clamp", "round_half_even", "is_float", "nan_max", "propagate_nan", "tanh",
-           "log1p"]
+           "log1p", "isnan", "isinf", "isfinite", "in_fp32"]
 
 R = relax.op
 
@@ -53,6 +55,27 @@ def _out_dtype(node: Node, index: int = 0) -> str:
 def is_float(dtype: str) -> bool:
     """Whether a TVM dtype string is a floating-point type (the ones that hold NaN)."""
     return dtype.startswith(("float", "bfloat"))
+
+
+def _f32_view(ctx: LowerContext, x: Expr) -> Expr:
+    # TVM's isnan/isinf/isfinite reject bfloat16 ("not supported for isnan op"): test its
+    # exact fp32 widening instead
+    return ctx.cast(x, "float32") if ctx.dtype_of(x) == "bfloat16" else x
+
+
+def isnan(ctx: LowerContext, x: Expr) -> Expr:
+    """``R.isnan(x)`` for every float dtype (bf16 included)."""
+    return R.isnan(_f32_view(ctx, x))
+
+
+def isinf(ctx: LowerContext, x: Expr) -> Expr:
+    """``R.isinf(x)`` for every float dtype (bf16 included)."""
+    return R.isinf(_f32_view(ctx, x))
+
+
+def isfinite(ctx: LowerContext, x: Expr) -> Expr:
+    """``R.isfinite(x)`` for every float dtype (bf16 included)."""
+    return R.isfinite(_f32_view(ctx, x))
 
 
 def clamp(ctx: LowerContext, x: Expr, lo: float | None, hi: float | None) -> Expr:
@@ -84,7 +107,7 @@ def nan_max(ctx: LowerContext, a: Expr, b: Expr, *, minimum: bool = False) -> Ex
     pick = ctx.emit(R.where(R.less(a, b) if minimum else R.greater(a, b), a, b))  # b if b NaN
     if not is_float(ctx.dtype_of(a)):
         return pick
-    return ctx.emit(R.where(R.isnan(a), a, pick))
+    return ctx.emit(R.where(isnan(ctx, a), a, pick))
 
 
 def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], Expr], *,
@@ -102,7 +125,7 @@ def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], 
         return y
     i8 = "int8"
     start = ctx.scalar(float("inf") if minimum else float("-inf"), dtype)
-    code = R.where(R.isnan(x), ctx.scalar(2, i8),
+    code = R.where(isnan(ctx, x), ctx.scalar(2, i8),
                    R.where(R.equal(x, start), ctx.scalar(0, i8), ctx.scalar(1, i8)))
     flag = ctx.emit(reduce(ctx.emit(code)))
     nan = ctx.scalar(float("nan"), dtype)
@@ -124,7 +147,7 @@ def round_half_even(ctx: LowerContext, x: Expr) -> Expr:
     return ctx.emit(R.where(R.equal(d, half), tie, r))
 
 
-def _in_fp32(ctx: LowerContext, x: Expr, fn: Callable[[Expr], Expr]) -> Expr:
+def in_fp32(ctx: LowerContext, x: Expr, fn: Callable[[Expr], Expr]) -> Expr:
     """``fn(x)``, computed in fp32 and rounded once when ``x`` is fp16/bf16 (as torch does)."""
     dt = ctx.dtype_of(x)
     if dt not in ("float16", "bfloat16"):
@@ -151,7 +174,7 @@ def _tanh_f(ctx: LowerContext, y: Expr) -> Expr:
 
 def tanh(ctx: LowerContext, y: Expr) -> Expr:
     """``torch.tanh`` to a few ulp, also near 0 (see the module docstring)."""
-    return _in_fp32(ctx, y, lambda t: _tanh_f(ctx, t))
+    return in_fp32(ctx, y, lambda t: _tanh_f(ctx, t))
 
 
 def log1p(ctx: LowerContext, u: Expr) -> Expr:
@@ -183,7 +206,7 @@ def _softplus_f(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Ex
 
 
 def _softplus(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
-    return _in_fp32(ctx, x, lambda t: _softplus_f(ctx, t, beta, threshold))
+    return in_fp32(ctx, x, lambda t: _softplus_f(ctx, t, beta, threshold))
 
 
 _SIMPLE: dict[str, Callable[[Expr], Expr]] = {
@@ -237,7 +260,7 @@ def _tanh(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 def _mish(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     def mish(t: Expr) -> Expr:
         return R.multiply(t, _tanh_f(ctx, _softplus_f(ctx, t, 1.0, 20.0)))
-    return _in_fp32(ctx, x, mish)
+    return in_fp32(ctx, x, mish)
 
 
 @register_lowering("reciprocal")
@@ -255,7 +278,7 @@ def _gelu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     if node.attrs["approximate"] == "tanh":
         return R.nn.gelu_tanh(x)
     y = ctx.emit(R.nn.gelu(x))
-    return R.where(R.isinf(x), ctx.scalar(float("nan"), ctx.dtype_of(x)), y)  # as torch
+    return R.where(isinf(ctx, x), ctx.scalar(float("nan"), ctx.dtype_of(x)), y)  # as torch
 
 
 @register_lowering("leaky_relu")
@@ -270,7 +293,7 @@ def _leaky_relu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
         dt = ctx.dtype_of(t)
         zero = ctx.const(np.zeros([1] * len(ctx.shape_of(t))), dt)
         return R.where(R.greater(t, ctx.scalar(0.0, dt)), t, ctx.emit(R.multiply(t, zero)))
-    return _in_fp32(ctx, x, leaky)
+    return in_fp32(ctx, x, leaky)
 
 
 @register_lowering("elu")
@@ -292,12 +315,12 @@ def _clamp(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("softmax")
 def _softmax(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.softmax(x, node.attrs["axis"])
+    return in_fp32(ctx, x, lambda t: R.nn.softmax(t, node.attrs["axis"]))
 
 
 @register_lowering("log_softmax")
 def _log_softmax(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.log_softmax(x, node.attrs["axis"])
+    return in_fp32(ctx, x, lambda t: R.nn.log_softmax(t, node.attrs["axis"]))
 
 
 @register_lowering("cast")
@@ -360,7 +383,7 @@ def _ne(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
     a, b = ctx.cast(a, dt), ctx.cast(b, dt)
     if is_float(dt):  # TVM's float != is ordered (NaN != x is false); torch's is true
         # (not R.logical_not(R.equal(a, b)): TVM's simplifier turns it back into an ordered !=)
-        return R.logical_or(R.logical_or(R.isnan(a), R.isnan(b)), R.not_equal(a, b))
+        return R.logical_or(R.logical_or(isnan(ctx, a), isnan(ctx, b)), R.not_equal(a, b))
     return R.not_equal(a, b)
 
 

@@ -12,6 +12,8 @@
   to ``[out, in / groups, kh, kw]`` and flipped spatially. TVM's own
   ``conv2d_transpose`` dilates the KERNEL with zeros, and ``0 * NaN`` then spread a NaN or
   Inf input to outputs it does not reach in torch.
+- fp16/bf16 normalizations compute in fp32 and round once (torch's CPU kernels accumulate
+  in fp32; TVM's ``layer_norm`` refuses bf16).
 - ``layer_norm`` over one element is ``(x - x) * rsqrt(eps) * weight + bias`` with
   ``x - x`` written ``where(isfinite(x), 0, NaN)``: TVM simplifies ``x - mean(x)`` to 0
   there, which turned NaN/Inf inputs into ``bias`` (torch: NaN).
@@ -37,7 +39,7 @@ from tvm.relax import Expr
 
 from slimfx.backends.tvm import dense_fp32
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
-from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan
+from slimfx.backends.tvm.lower_elementwise import clamp, isfinite, propagate_nan
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
 
@@ -204,38 +206,55 @@ def _affine(ctx: LowerContext, shape: tuple[int, ...], dt: str, weight: Expr | N
     return g, b
 
 
+def _norm_in_fp32(ctx: LowerContext, x: Expr, weight: Expr | None, bias: Expr | None,
+                  fn) -> Expr:
+    """``fn(x, weight, bias)`` in fp32 for 16-bit float ``x``, rounded once."""
+    dt = ctx.dtype_of(x)
+    if dt not in ("float16", "bfloat16"):
+        return fn(x, weight, bias)
+    wide = [None if e is None else ctx.cast(e, "float32") for e in (weight, bias)]
+    return ctx.cast(ctx.emit(fn(ctx.cast(x, "float32"), *wide)), dt)
+
+
 @register_lowering("layer_norm")
 def _layer_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                 bias: Expr | None = None) -> Expr:
     ns = tuple(node.attrs["normalized_shape"])
-    dt = ctx.dtype_of(x)
-    g, b = _affine(ctx, ns, dt, weight, bias)
-    axes = list(range(-len(ns), 0))
-    if math.prod(ns) == 1:  # x - mean(x) is x - x: 0, or NaN for NaN/Inf (module docstring)
-        centered = R.where(R.isfinite(x), ctx.scalar(0.0, dt), ctx.scalar(float("nan"), dt))
-        eps = node.attrs["eps"]
-        inv = ctx.scalar(1.0 / math.sqrt(eps) if eps > 0 else math.inf, dt)
-        return R.add(R.multiply(ctx.emit(R.multiply(centered, inv)), g), b)
-    return R.nn.layer_norm(x, g, b, axes, node.attrs["eps"])
+
+    def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
+        dt = ctx.dtype_of(x)
+        g, b = _affine(ctx, ns, dt, weight, bias)
+        if math.prod(ns) == 1:  # x - mean(x) is x - x: 0, or NaN for NaN/Inf (docstring)
+            nan = ctx.scalar(float("nan"), dt)
+            centered = R.where(isfinite(ctx, x), ctx.scalar(0.0, dt), nan)
+            eps = node.attrs["eps"]
+            inv = ctx.scalar(1.0 / math.sqrt(eps) if eps > 0 else math.inf, dt)
+            return R.add(R.multiply(ctx.emit(R.multiply(centered, inv)), g), b)
+        return R.nn.layer_norm(x, g, b, list(range(-len(ns), 0)), node.attrs["eps"])
+    return _norm_in_fp32(ctx, x, weight, bias, norm)
 
 
 @register_lowering("group_norm")
 def _group_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                 bias: Expr | None = None) -> Expr:
     shape = ctx.shape_of(x)
-    dt = ctx.dtype_of(x)
-    g, b = _affine(ctx, (shape[1],), dt, weight, bias)
-    axes = list(range(2, len(shape)))
-    return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
+
+    def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
+        g, b = _affine(ctx, (shape[1],), ctx.dtype_of(x), weight, bias)
+        axes = list(range(2, len(shape)))
+        return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
+    return _norm_in_fp32(ctx, x, weight, bias, norm)
 
 
 @register_lowering("instance_norm")
 def _instance_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                    bias: Expr | None = None) -> Expr:
     shape = ctx.shape_of(x)
-    dt = ctx.dtype_of(x)
-    g, b = _affine(ctx, (shape[1],), dt, weight, bias)
-    return R.nn.instance_norm(x, g, b, 1, list(range(2, len(shape))), node.attrs["eps"])
+
+    def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
+        g, b = _affine(ctx, (shape[1],), ctx.dtype_of(x), weight, bias)
+        return R.nn.instance_norm(x, g, b, 1, list(range(2, len(shape))), node.attrs["eps"])
+    return _norm_in_fp32(ctx, x, weight, bias, norm)
 
 
 @register_lowering("rms_norm")
@@ -243,12 +262,17 @@ def _rms_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None
     ns = tuple(node.attrs["normalized_shape"])
     dt = ctx.dtype_of(x)
     eps = node.attrs["eps"]
-    if eps is None:  # torch: the machine epsilon of the input dtype
-        eps = float(np.finfo(np.dtype(dt) if dt != "bfloat16" else np.float32).eps)
+    if eps is None:  # torch: the machine epsilon of the dtype it computes in (fp32 for
+        # fp16/bf16 inputs: torch 2.13's CPU kernel, checked by the fuzzer)
+        eps = float(np.finfo(np.dtype(_acc(dt))).eps)
     axes = list(range(-len(ns), 0))
-    ms = ctx.emit(R.mean(R.multiply(x, x), axes, keepdims=True))
-    y = ctx.emit(R.multiply(x, R.rsqrt(R.add(ms, ctx.scalar(eps, dt)))))
-    return y if weight is None else R.multiply(y, ctx.cast(weight, dt))
+
+    def norm(x: Expr, weight: Expr | None, _bias: Expr | None) -> Expr:
+        fdt = ctx.dtype_of(x)
+        ms = ctx.emit(R.mean(R.multiply(x, x), axes, keepdims=True))
+        y = ctx.emit(R.multiply(x, R.rsqrt(R.add(ms, ctx.scalar(eps, fdt)))))
+        return y if weight is None else R.multiply(y, ctx.cast(weight, fdt))
+    return _norm_in_fp32(ctx, x, weight, None, norm)
 
 
 # ----------------------------------------------------------------------------- pooling
