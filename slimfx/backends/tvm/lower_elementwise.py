@@ -118,7 +118,8 @@ def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], 
     ``-inf`` (``minimum``: ``+inf``) gives that infinity (TVM's reducers start from the
     lowest finite value, so such a window gave ``-FLT_MAX``). ``reduce`` applies the same
     windows/axes, as a MAX, to an ``int8`` code of ``x``: 2 for NaN, 0 for the infinity the
-    reduction starts from, 1 otherwise (windows TVM pads read -128, below every code).
+    reduction starts from, 1 otherwise (TVM pads with -128, so a window of padding only
+    gives the infinity too, as torch's -inf padding does).
     """
     dtype = ctx.dtype_of(x)
     if not is_float(dtype):
@@ -129,7 +130,9 @@ def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], 
                    R.where(R.equal(x, start), ctx.scalar(0, i8), ctx.scalar(1, i8)))
     flag = ctx.emit(reduce(ctx.emit(code)))
     nan = ctx.scalar(float("nan"), dtype)
-    y = ctx.emit(R.where(R.equal(flag, ctx.scalar(0, i8)), start, y))
+    # flag 0: only the infinity; below 0: only padding (a max pool window that lies in the
+    # padding entirely, which torch allows with dilation), -inf in torch as well
+    y = ctx.emit(R.where(R.less(flag, ctx.scalar(1, i8)), start, y))
     return ctx.emit(R.where(R.greater(flag, ctx.scalar(1, i8)), nan, y))
 
 

@@ -14,9 +14,10 @@
   Inf input to outputs it does not reach in torch.
 - fp16/bf16 normalizations compute in fp32 and round once (torch's CPU kernels accumulate
   in fp32; TVM's ``layer_norm`` refuses bf16).
-- ``layer_norm`` over one element is ``(x - x) * rsqrt(eps) * weight + bias`` with
+- ``layer_norm`` (and ``group_norm``) over one element is ``(x - x) * rsqrt(eps) * weight + bias`` with
   ``x - x`` written ``where(isfinite(x), 0, NaN)``: TVM simplifies ``x - mean(x)`` to 0
-  there, which turned NaN/Inf inputs into ``bias`` (torch: NaN).
+  there, which turned NaN/Inf inputs into ``bias`` (torch: NaN); TVM's ``group_norm`` of
+  one element gave NaN for finite inputs.
 - Float max-pools (plain and adaptive) give NaN for a window holding a NaN, as torch does.
 - ``batch_norm(x) = (x - mean) * rsqrt(var + eps) * weight + bias`` on axis 1, written with
   elementwise ops so that constant folding turns it into one scale and shift.
@@ -31,6 +32,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import tvm
@@ -88,19 +90,15 @@ def _conv2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = No
     return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 4), dt))
 
 
-def _insert_zeros(ctx: LowerContext, x: Expr, axis: int, stride: int) -> Expr:
-    """``x`` with ``stride - 1`` zeros between consecutive elements along ``axis``."""
-    if stride == 1:
+def _insert_zeros(ctx: LowerContext, x: Expr, stride: Sequence[int]) -> Expr:
+    """``x`` (NCHW) with ``stride - 1`` zeros between consecutive elements of H and W: a
+    depthwise ``conv2d_transpose`` by a 1x1 kernel of ones (no kernel dilation, so nothing
+    multiplies a NaN but the one tap that copies it)."""
+    if all(st == 1 for st in stride):
         return x
-    shape = list(ctx.shape_of(x))
-    n = shape[axis]
-    y = ctx.emit(R.expand_dims(x, axis + 1))
-    widths = [0] * (2 * len(shape) + 2)
-    widths[2 * (axis + 1) + 1] = stride - 1
-    y = ctx.emit(R.nn.pad(y, widths))
-    shape[axis] = n * stride
-    y = ctx.emit(R.reshape(y, shape))
-    return ctx.emit(R.strided_slice(y, [axis], [0], [(n - 1) * stride + 1]))
+    c = ctx.shape_of(x)[1]
+    ones = ctx.const(np.ones((c, 1, 1, 1)), ctx.dtype_of(x))
+    return ctx.emit(R.nn.conv2d_transpose(x, ones, tuple(stride), (0, 0), (0, 0), (1, 1), c))
 
 
 def _pad_or_crop(ctx: LowerContext, x: Expr, axis: int, lo: int, hi: int) -> Expr:
@@ -136,8 +134,7 @@ def _conv_t2d_dilated(ctx: LowerContext, node: Node, x: Expr, w: Expr) -> Expr:
     a = node.attrs
     dt = ctx.dtype_of(x)
     k = ctx.shape_of(w)[2:]
-    for i in range(2):
-        x = _insert_zeros(ctx, x, 2 + i, a["stride"][i])
+    x = _insert_zeros(ctx, x, a["stride"])
     for i in range(2):
         edge = a["dilation"][i] * (k[i] - 1) - a["padding"][i]
         x = _pad_or_crop(ctx, x, 2 + i, edge, edge + a["output_padding"][i])
@@ -216,6 +213,16 @@ def _norm_in_fp32(ctx: LowerContext, x: Expr, weight: Expr | None, bias: Expr | 
     return ctx.cast(ctx.emit(fn(ctx.cast(x, "float32"), *wide)), dt)
 
 
+def _norm_of_one(ctx: LowerContext, x: Expr, g: Expr, b: Expr, eps: float) -> Expr:
+    """A normalization over groups of ONE element: ``(x - x) * rsqrt(eps) * g + b`` with
+    ``x - x`` written ``where(isfinite(x), 0, NaN)`` (module docstring); ``g``/``b`` must
+    broadcast against ``x``."""
+    dt = ctx.dtype_of(x)
+    centered = R.where(isfinite(ctx, x), ctx.scalar(0.0, dt), ctx.scalar(float("nan"), dt))
+    inv = ctx.scalar(1.0 / math.sqrt(eps) if eps > 0 else math.inf, dt)
+    return R.add(R.multiply(ctx.emit(R.multiply(centered, inv)), g), b)
+
+
 @register_lowering("layer_norm")
 def _layer_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                 bias: Expr | None = None) -> Expr:
@@ -224,12 +231,8 @@ def _layer_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = No
     def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
         dt = ctx.dtype_of(x)
         g, b = _affine(ctx, ns, dt, weight, bias)
-        if math.prod(ns) == 1:  # x - mean(x) is x - x: 0, or NaN for NaN/Inf (docstring)
-            nan = ctx.scalar(float("nan"), dt)
-            centered = R.where(isfinite(ctx, x), ctx.scalar(0.0, dt), nan)
-            eps = node.attrs["eps"]
-            inv = ctx.scalar(1.0 / math.sqrt(eps) if eps > 0 else math.inf, dt)
-            return R.add(R.multiply(ctx.emit(R.multiply(centered, inv)), g), b)
+        if math.prod(ns) == 1:
+            return _norm_of_one(ctx, x, g, b, node.attrs["eps"])
         return R.nn.layer_norm(x, g, b, list(range(-len(ns), 0)), node.attrs["eps"])
     return _norm_in_fp32(ctx, x, weight, bias, norm)
 
@@ -242,6 +245,10 @@ def _group_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = No
     def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
         g, b = _affine(ctx, (shape[1],), ctx.dtype_of(x), weight, bias)
         axes = list(range(2, len(shape)))
+        if shape[1] // node.attrs["num_groups"] * math.prod(shape[2:]) == 1:
+            per_channel = [shape[1]] + [1] * (len(shape) - 2)
+            return _norm_of_one(ctx, x, ctx.emit(R.reshape(g, per_channel)),
+                                ctx.emit(R.reshape(b, per_channel)), node.attrs["eps"])
         return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
     return _norm_in_fp32(ctx, x, weight, bias, norm)
 
