@@ -185,7 +185,7 @@ def _eps(dtype: torch.dtype) -> float:
 
 def ulp_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Number of representable floats between ``a`` and ``b`` (same float dtype), int64."""
-    if a.dtype == torch.float16:
+    if a.dtype in (torch.float16, torch.bfloat16):  # sign | exponent | mantissa in 16 bits
         ia, ib = a.view(torch.int16).to(torch.int64), b.view(torch.int16).to(torch.int64)
         sign = 0x7FFF
     else:

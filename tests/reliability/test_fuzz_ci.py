@@ -2,11 +2,10 @@
 
 - every op with a TVM lowering has a strategy (or is excluded with a reason);
 - the comparison rules themselves (ulp distance, NaN positions, bounds);
-- x86: one batch of finite-input cases drawn with a fixed seed (one of every op), torch backend vs the x86
-  build, case by case; cases that hit a known defect (being fixed elsewhere) are xfail,
-  with the defect named;
-- x86, non-finite inputs (NaN/Inf/denormals): a separate batch, xfail until known
-  defect 3 (NaN through max/min/clamp) is fixed;
+- x86: one batch of finite-input cases drawn with a fixed seed (two of every op), torch
+  backend vs the x86 build, case by case (the findings of earlier campaigns are fixed and
+  kept as minimal cases in ``test_fuzz_regressions.py``);
+- x86, non-finite inputs (NaN/Inf/denormals/extremes): a separate batch, 0 mismatches;
 - ARM under qemu: a batch of integer-op cases, bit-exact (skips without ``make arm-env``);
 - CUDA: a batch compiled for sm_80 and its CUDA source compiled to a cubin (slow);
 - graph level: a few random models through the float pipeline and compile (int8: slow).
@@ -33,24 +32,6 @@ from tests.reliability.fuzz_ops import (
 CI_SEED = 20261201
 X86_CASES = draw_cases(2, CI_SEED, cfg=FINITE, per_op=True)  # two cases of every op
 NONFINITE_CASES = draw_cases(24, CI_SEED + 1, cfg=FuzzConfig(fp16=False), prefix="nf")
-
-
-def _known_defect_marks(case: FuzzCase) -> list[pytest.MarkDecorator]:
-    """xfail (not strict) for the cases whose inputs hit a known, open defect."""
-    if case.op in ("conv1d", "conv2d", "linear") and len(case.operands) == 3 \
-            and case.tol.reduction == 2:
-        return [pytest.mark.xfail(strict=False, reason="known defect 1: fp32/fp16 conv/linear "
-                                  "with reduction length 1 adds the bias twice")]
-    if case.op == "qavg_pool2d" and list(case.attrs["kernel"]) == [1, 1] \
-            and case.attrs["in_zero_point"] == -128:
-        return [pytest.mark.xfail(strict=False, reason="known defect 2: int8 avg pool 1x1 "
-                                  "window with input zero point -128 is off by 128")]
-    if case.op == "mish":
-        return [pytest.mark.xfail(strict=False, reason="open (found by this fuzzer): TVM's "
-                                  "tanh, (1 - e^-2y) / (1 + e^-2y), is 0 for |y| < 3e-8 and "
-                                  "imprecise below ~1e-2, so mish(x < -16) is -0.0 instead "
-                                  "of ~x * e^x (see test_fuzz_regressions.py)")]
-    return []
 
 
 # --------------------------------------------------------------------- no TVM needed
@@ -132,8 +113,7 @@ def x86_outcomes() -> dict[str, Outcome]:
 
 
 @tvm_mark
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=_known_defect_marks(c))
-                                  for c in X86_CASES])
+@pytest.mark.parametrize("case", X86_CASES, ids=lambda c: c.id)
 def test_x86_seed_case(x86_outcomes: dict[str, Outcome], case: FuzzCase) -> None:
     o = x86_outcomes[case.id]
     assert o.status != "mismatch", f"{case.describe()} :: {o.detail}"
@@ -147,10 +127,6 @@ def test_x86_seed_batch_is_not_degenerate(x86_outcomes: dict[str, Outcome]) -> N
 
 
 @tvm_mark
-@pytest.mark.xfail(strict=False, reason="known defect 3: relu / max(., 0) and the other "
-                   "max/min/clamp-based ops map NaN to a number; also (open, see "
-                   "test_fuzz_regressions.py) conv_transpose2d with dilation > 1 spreads NaN, "
-                   "max pools turn an all -inf window into -FLT_MAX")
 def test_x86_nonfinite_inputs(x86_outcomes: dict[str, Outcome]) -> None:
     bad = [f"{c.describe()} :: {x86_outcomes[c.id].detail}" for c in NONFINITE_CASES
            if x86_outcomes[c.id].status == "mismatch"]

@@ -1,7 +1,8 @@
 """Mismatches the differential fuzzer found, as minimal cases (torch backend vs x86 build).
 
-Fixed ones must pass; open ones are xfail with the defect described (not strict: they pass
-once fixed elsewhere). All cases of this file are compiled in ONE graph.
+Each group names the defect and the lowering that fixes it; every case must pass. Findings
+not fixed yet (TVM limitations) are strict xfails with their reason (``BF16_OPEN``).
+All cases of this file are compiled in ONE graph.
 """
 
 from __future__ import annotations
@@ -31,33 +32,77 @@ INTERP_ONE = [
     _interp(4, (1, 2, 4, 4), [1, 1], "bicubic"),
 ]
 
-# Open: conv_transpose2d with dilation > 1 spreads NaN/Inf to outputs the non-finite input
-# does not reach: TVM dilates the KERNEL with zeros, and 0 * NaN = NaN (finite inputs are
-# right). Found by the fuzzer as: x f32[2,4,6,4] (2% NaN/Inf), w f32[4,2,3,4],
-# stride [1,3], padding [0,1], dilation [1,2], groups 2: 84/960 outputs NaN where torch
-# gives finite values (e.g. [0,2,1,0]: expected 0.0, got nan).
+# Fixed (lower_nn._conv_t2d_dilated): conv_transpose2d with dilation > 1 spread NaN/Inf to
+# outputs the non-finite input does not reach: TVM dilates the KERNEL with zeros, and
+# 0 * NaN = NaN (finite inputs were right). Found by the fuzzer as: x f32[2,4,6,4] (2%
+# NaN/Inf), w f32[4,2,3,4], stride [1,3], padding [0,1], dilation [1,2], groups 2: 84/960
+# outputs NaN where torch gives finite values (e.g. [0,2,1,0]: expected 0.0, got nan).
+# Also: a weight given as a graph input, fp16, bias + fused ReLU, padding > the kernel's
+# reach (the direct convolution crops its input).
+def _convt(i: int, x: tuple[int, ...], w: tuple[int, ...], attrs: dict, *, dtype: str = "f32",
+           wkind: str = "const", bias: bool = False) -> FuzzCase:
+    ops = [Operand("in", x, dtype, "uniform", -1.0, 1.0, "nonfinite", 0.05, 23412 + i),
+           Operand(wkind, w, dtype, "uniform", -1.0, 1.0, None, 0.0, 14979497 + i)]
+    if bias:
+        ops.append(Operand("const", (w[1] * attrs["groups"],), dtype, seed=i))
+    k = w[0] // attrs["groups"] * w[2] * w[3] + 1
+    return FuzzCase("conv_transpose2d", ops, {"output_padding": [0, 0], **attrs},
+                    Tol("reduce", 1, reduction=k), id=f"convt_dil_nan_{i}")
+
+
 CONVT_NAN = [
-    FuzzCase("conv_transpose2d",
-             [Operand("in", (2, 4, 6, 4), "f32", "uniform", -1.0, 1.0, "nonfinite", 0.02, 23412),
-              Operand("const", (4, 2, 3, 4), "f32", "uniform", -1.0, 1.0, None, 0.0, 14979497)],
-             {"stride": [1, 3], "padding": [0, 1], "output_padding": [0, 0],
-              "dilation": [1, 2], "groups": g}, Tol("reduce", 1, reduction=25),
-             id=f"convt_dil_nan_g{g}")
-    for g in (1, 2)
+    _convt(0, (2, 4, 6, 4), (4, 2, 3, 4), dict(stride=[1, 3], padding=[0, 1], dilation=[1, 2],
+                                               groups=1)),
+    _convt(1, (2, 4, 6, 4), (4, 2, 3, 4), dict(stride=[1, 3], padding=[0, 1], dilation=[1, 2],
+                                               groups=2)),
+    FuzzCase("conv_transpose2d",  # found by the campaign of notes/fuzz_campaign.md
+             [Operand("in", (1, 2, 4, 5), "f32", "uniform", -1e-3, 1e-3, "nonfinite", 0.02,
+                      3348),
+              Operand("const", (2, 1, 5, 1), "f32", "uniform", -1.0, 1.0, None, 0.0, 124542)],
+             {"stride": [3, 3], "padding": [3, 0], "output_padding": [2, 0],
+              "dilation": [2, 1], "groups": 1}, Tol("reduce", 1, reduction=11),
+             id="convt_dil_nan_2"),
+    _convt(3, (1, 3, 5, 5), (3, 2, 3, 3), dict(stride=[2, 2], padding=[1, 2], dilation=[3, 2],
+                                               groups=1), wkind="in", bias=True),
+    _convt(4, (2, 4, 3, 4), (4, 3, 2, 3), dict(stride=[2, 1], padding=[0, 0], dilation=[2, 2],
+                                               groups=2, act_min=0.0), dtype="f16", bias=True),
+    _convt(5, (1, 2, 5, 3), (2, 2, 2, 2), dict(stride=[1, 2], padding=[3, 1], dilation=[2, 3],
+                                               groups=1)),
 ]
 
 
-# Open: TVM legalizes tanh as (1 - e^-2y) / (1 + e^-2y): 0 for |y| < 3e-8 and a relative
-# error ~eps / 2|y| below ~1e-2. mish(x) = x * tanh(softplus(x)) for x < -16 is then -0.0
-# instead of ~x * e^x. Found as mish(x f32[64,64] uniform[-30,30]): 9/4096 differ, e.g.
-# expected -9.879e-07, got -0.0 (bound 8 ulp or 8 eps absolute).
-MISH_TAIL = [FuzzCase("mish", [Operand("in", (256,), "f32", "uniform", -30.0, -16.0, seed=1)],
-                      {}, Tol("ulp", 8, 8.0), id="mish_negative_tail")]
+# Fixed (lower_elementwise.tanh / log1p): TVM legalizes tanh as (1 - e^-2y) / (1 + e^-2y):
+# 0 for |y| < 3e-8 and a relative error ~eps / 2|y| below ~1e-2; softplus was
+# log(1 + e^x), 0 for x < -16.6. mish(x) = x * tanh(softplus(x)) for x < -16 was then -0.0
+# (or twice the value) instead of ~x * e^x. Found as mish(x f32[64,64] uniform[-30,30]):
+# 9/4096 differ, e.g. expected -9.879e-07, got -0.0 (bound 8 ulp or 8 eps absolute). The
+# cases here have no absolute floor: relative accuracy all the way down.
+TAILS = [
+    FuzzCase("mish", [Operand("in", (256,), "f32", "uniform", -30.0, -16.0, seed=1)], {},
+             Tol("ulp", 8, 8.0), id="mish_negative_tail"),
+    FuzzCase("mish", [Operand("in", (1024,), "f32", "uniform", -90.0, -10.0, seed=2)], {},
+             Tol("ulp", 8), id="mish_tail_relative"),
+    FuzzCase("softplus", [Operand("in", (1024,), "f32", "uniform", -40.0, 3.0, seed=3)],
+             {"beta": 1.0, "threshold": 20.0}, Tol("ulp", 2), id="softplus_tail"),
+    FuzzCase("softplus", [Operand("in", (1024,), "f32", "uniform", -40.0, 3.0, seed=4)],
+             {"beta": 2.0, "threshold": 5.0}, Tol("ulp", 3), id="softplus_beta_tail"),
+    FuzzCase("tanh", [Operand("in", (1024,), "f32", "uniform", -0.5, 0.5, seed=5)], {},
+             Tol("ulp", 3), id="tanh_near_zero"),
+    FuzzCase("tanh", [Operand("in", (256,), "f32", "uniform", -1e-6, 1e-6, "denormal", 0.2,
+                              6)], {}, Tol("ulp", 1), id="tanh_tiny"),
+    FuzzCase("mish", [Operand("in", (1024,), "f16", "uniform", -20.0, 20.0, seed=7)], {},
+             Tol("ulp", 1), id="mish_f16"),
+]
 
 
-# Open: max pools reduce from the dtype's lowest FINITE value, so a window of only -inf gives
-# -3.4028235e38 (f32) / -65504 (f16) instead of -inf. Found as adaptive_max_pool1d(x f32[1,7,7]
+# Fixed (lower_elementwise.propagate_nan): max pools and amax/amin reduced from the dtype's
+# lowest FINITE value, so a window of only -inf gave -3.4028235e38 (f32) / -65504 (f16)
+# instead of -inf (amin of only +inf: +FLT_MAX). Found as adaptive_max_pool1d(x f32[1,7,7]
 # with 20% NaN/Inf, output_size [7]) and max_pool1d(x f16[2,17,1], kernel 1, dilation 2).
+def _mostly_inf(shape: tuple[int, ...], seed: int, dtype: str = "f32") -> Operand:
+    return Operand("in", shape, dtype, "uniform", -1e-3, 1e-3, "nonfinite", 0.8, seed)
+
+
 POOL_NEG_INF = [
     FuzzCase("max_pool2d", [Operand("in", (1, 2, 4, 4), "f32", "uniform", -1.0, 1.0,
                                     "nonfinite", 0.6, 11)],
@@ -66,42 +111,196 @@ POOL_NEG_INF = [
     FuzzCase("adaptive_max_pool1d", [Operand("in", (1, 7, 7), "f32", "uniform", -1e-3, 1e-3,
                                              "nonfinite", 0.2, 3208)],
              {"output_size": [7]}, id="adaptive_max_pool_neg_inf"),
+    FuzzCase("max_pool1d", [_mostly_inf((2, 17, 3), 12, "f16")],
+             {"kernel": [1], "stride": [1], "padding": [0], "dilation": [2]},
+             id="max_pool1d_f16_neg_inf"),
+    FuzzCase("adaptive_max_pool2d", [_mostly_inf((1, 3, 5, 7), 13)], {"output_size": [5, 4]},
+             id="adaptive_max_pool2d_neg_inf"),
+    FuzzCase("amax", [_mostly_inf((6, 2), 20)], {"axes": [1]}, id="amax_neg_inf"),
+    FuzzCase("amin", [_mostly_inf((6, 2), 16)], {"axes": [1], "keepdim": True},
+             id="amin_pos_inf"),
 ]
 
-# Open: fp16 leaky_relu multiplies in fp16 by the slope rounded to fp16 (0.2 -> 0.19995);
-# torch computes x * 0.2 in fp32 and rounds once: 1 fp16 ulp apart, e.g. expected -10.984375,
-# got -10.9765625 (negative_slope 0.2, x f16 uniform [-100, 100]).
+# Fixed (lower_elementwise._leaky_relu): fp16 leaky_relu multiplied in fp16 by the slope
+# rounded to fp16 (0.2 -> 0.19995); torch computes x * 0.2 in fp32 and rounds once: 1 fp16
+# ulp apart, e.g. expected -10.984375, got -10.9765625 (negative_slope 0.2, x f16 [-100, 100]).
 LEAKY_F16 = [FuzzCase("leaky_relu", [Operand("in", (512,), "f16", "uniform", -100.0, 100.0,
                                              seed=1749693)],
                       {"negative_slope": 0.2}, id="leaky_relu_f16")]
+# Fixed (lower_elementwise._leaky_relu): with negative_slope 0, TVM folds x * 0.0 to 0, so
+# NaN (and -inf: -inf * 0 is NaN in torch) became 0. Found as leaky_relu(x f16[6,5,1]
+# uniform[-4,4], 20% NaN/Inf, negative_slope 0.0): expected nan, got 0.0.
+LEAKY_ZERO = [FuzzCase("leaky_relu", [Operand("in", (6, 5, 1), dt, "uniform", -4.0, 4.0,
+                                              "nonfinite", 0.2, 148)],
+                       {"negative_slope": 0.0}, id=f"leaky_relu_zero_slope_{dt}")
+              for dt in ("f16", "f32")]
 
-OPEN = {c.id: c for c in POOL_NEG_INF + LEAKY_F16}
+# Fixed (lower_elementwise._gelu): torch's fp32/fp16 gelu (exact form) of +-Inf is NaN; the
+# compiled formula gave +Inf for +Inf. Found as gelu(x f32[16,7,16] uniform[-100,100], 20%
+# mixed specials): 19/1792 differ, expected nan, got inf.
+GELU_INF = [FuzzCase("gelu", [Operand("in", (64,), dt, "uniform", -100.0, 100.0, "nonfinite",
+                                      0.5, 7)], {"approximate": approx}, Tol("ulp", 8, 8.0),
+                     id=f"gelu_inf_{dt}_{approx}")
+            for dt in ("f32", "f16") for approx in ("none", "tanh")]
+
+# Fixed (lower_nn._layer_norm): layer_norm over ONE element turned NaN/Inf into the bias
+# (TVM simplifies x - mean(x) to 0); torch gives NaN there (and the bias for finite x).
+LAYER_NORM_ONE = [
+    FuzzCase("layer_norm", [Operand("in", (4, 3, 1), "f32", "uniform", -1.0, 1.0, "nonfinite",
+                                    0.5, 8),
+                            Operand("const", (1,), seed=9), Operand("const", (1,), seed=10)],
+             {"normalized_shape": [1], "eps": 1e-5}, Tol("tensor", rel=1e-5), id="ln_one"),
+    FuzzCase("layer_norm", [Operand("in", (5, 1, 1), "f32", "uniform", -1.0, 1.0, "nonfinite",
+                                    0.5, 11)],
+             {"normalized_shape": [1, 1], "eps": 1e-6}, Tol("tensor", rel=1e-5),
+             id="ln_one_2d"),
+]
 
 
-@pytest.fixture(scope="module")
-def outcomes() -> dict[str, Outcome]:
-    pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
-    from tests.reliability.fuzz_run import run_cases
-
-    report = run_cases(INTERP_ONE + CONVT_NAN + MISH_TAIL + SDPA_MASKED + list(OPEN.values()),
-                       "x86", batch_size=100)
-    return {o.case.id: o for _, o in report.outcomes}
+# Fixed (lower_nn._acc): fp16 matmul / linear / convolutions accumulated in fp16; torch's
+# CPU kernels accumulate in fp32 and round once, so a 256-term dot product drifted by
+# several fp16 ulps (e.g. expected 3.595703125, got 3.5859375). Bound: 1 fp16 ulp (the two
+# fp32 sums differ only in summation order).
+def _f16(shape: tuple[int, ...], seed: int, kind: str = "in") -> Operand:
+    return Operand(kind, shape, "f16", "uniform", -1.0, 1.0, None, 0.0, seed)
 
 
-@pytest.mark.parametrize("case", INTERP_ONE, ids=lambda c: c.id)
-def test_interpolate_align_corners_to_size_one(outcomes: dict[str, Outcome],
-                                               case: FuzzCase) -> None:
-    o = outcomes[case.id]
-    assert o.status == "passed", f"{case.describe()} :: {o.status}: {o.detail}"
+F16_ACCUMULATE = [
+    FuzzCase("matmul", [_f16((8, 256), 1), _f16((256, 8), 2)], {}, Tol("ulp", 1),
+             id="matmul_f16"),
+    FuzzCase("matmul", [_f16((2, 3, 5, 300), 3), _f16((300, 7), 4, "const")], {},
+             Tol("ulp", 1), id="matmul_f16_batched"),
+    FuzzCase("linear", [_f16((6, 256), 5), _f16((5, 256), 6, "const"), _f16((5,), 7, "const")],
+             {}, Tol("ulp", 1), id="linear_f16"),
+    FuzzCase("conv2d", [_f16((1, 32, 6, 6), 8), _f16((4, 32, 3, 3), 9, "const")],
+             {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1]}, Tol("ulp", 1),
+             id="conv2d_f16"),
+    FuzzCase("matmul", [Operand("in", (17, 4), "f16", "uniform", -1e-3, 1e-3, None, 0.0, 2),
+                        Operand("in", (4, 17), "f16", "uniform", -1e-3, 1e-3, None, 0.0, 1)],
+             {}, Tol("reduce", 1, reduction=4), id="matmul_f16_tiny"),  # the campaign's case:
+    # products of ~1e-6 are fp16 subnormals; summed in fp16 they lost their low bits
+    FuzzCase("conv1d", [_f16((2, 64, 9), 10), _f16((3, 64, 5), 11, "const")],
+             {"stride": [1], "padding": [0], "dilation": [1]}, Tol("ulp", 1), id="conv1d_f16"),
+]
+
+# Fixed (lower_elementwise.isnan & co., lower_nn._norm_in_fp32): bf16 graphs failed to BUILD
+# wherever a lowering tests for NaN/Inf (maximum/minimum, ne, max pools, gelu, one-element
+# layer norm: "Data type T.bfloat16 not supported for isnan op") and in every layer_norm
+# (TVM's op accepts fp32/fp16 only). Found when the fuzzer's strategies started drawing bf16.
+def _bf16(shape: tuple[int, ...], seed: int, p: float = 0.2) -> Operand:
+    return Operand("in", shape, "bf16", "uniform", -4.0, 4.0, "nonfinite", p, seed)
 
 
-@pytest.mark.xfail(strict=False, reason="open: conv_transpose2d with dilation > 1 turns "
-                   "outputs the NaN does not reach into NaN (TVM zero-dilates the kernel)")
-@pytest.mark.parametrize("case", CONVT_NAN, ids=lambda c: c.id)
-def test_conv_transpose_dilation_keeps_nan_local(outcomes: dict[str, Outcome],
-                                                 case: FuzzCase) -> None:
-    o = outcomes[case.id]
-    assert o.status == "passed", f"{case.describe()} :: {o.status}: {o.detail}"
+BF16_NAN = [
+    FuzzCase("maximum", [_bf16((8, 33), 50), _bf16((33,), 51)], id="bf16_maximum"),
+    FuzzCase("minimum", [_bf16((8, 33), 52), _bf16((8, 1), 53)], id="bf16_minimum"),
+    FuzzCase("ne", [_bf16((8, 33), 54), _bf16((33,), 55)], id="bf16_ne"),
+    FuzzCase("max_pool2d", [_bf16((1, 2, 6, 6), 56, 0.5)],
+             {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0], "dilation": [1, 1]},
+             id="bf16_max_pool2d"),
+    FuzzCase("amax", [_bf16((3, 17), 57)], {"axes": [1]}, id="bf16_amax"),
+    FuzzCase("gelu", [_bf16((64,), 58, 0.5)], {"approximate": "none"}, Tol("ulp", 1, 1.0),
+             id="bf16_gelu_inf"),
+    FuzzCase("layer_norm", [_bf16((4, 64), 59, 0.02)], {"normalized_shape": [64], "eps": 1e-5},
+             Tol("tensor", rel=3e-2), id="bf16_layer_norm"),
+    FuzzCase("layer_norm", [_bf16((4, 1), 60, 0.5)], {"normalized_shape": [1], "eps": 1e-5},
+             Tol("tensor", rel=3e-2), id="bf16_layer_norm_one"),
+]
+
+# Fixed (lower_nn._rms_norm): fp16/bf16 rms_norm computed in the 16-bit dtype with that
+# dtype's epsilon as the default eps; torch computes in fp32 with fp32's epsilon. Found as
+# rms_norm(x f16[7,4,16,3], normalized_shape [3], eps None): 75/1344 differ, expected
+# 1.712890625, got 1.7021484375.
+RMS_NORM_16 = [
+    FuzzCase("rms_norm", [Operand("in", (7, 4, 16, 3), "f16", seed=6602360)],
+             {"normalized_shape": [3], "eps": None}, Tol("tensor", rel=4e-3), id="rms_f16"),
+    FuzzCase("rms_norm", [Operand("in", (9, 1), "bf16", "uniform", -1e-3, 1e-3, seed=1)],
+             {"normalized_shape": [1], "eps": None}, Tol("tensor", rel=3e-2), id="rms_bf16"),
+]
+
+# Fixed (torch kernels_quant._quantize, lower_int8._quantize): quantize mapped NaN to the zero
+# point AFTER the clamp, so a zero point outside [qmin, qmax] (u8 zp 255 with qmax 127) gave
+# NaN inputs the out-of-range code 255 in both backends; the op's formula clamps it (127).
+QUANTIZE_NAN_ZP = [
+    FuzzCase("quantize", [Operand("in", (4, 16, 16), "f32", "uniform", -3000.0, 3000.0,
+                                  "nonfinite", 0.2, 127)],
+             {"dtype": "u8", "scale": [3.6e-4, 10.0, 0.0577, 10.0], "zero_point": [122, 0, 255, 0],
+              "axis": 0, "qmin": 0, "qmax": 127}, id="quantize_nan_zp_out_of_range"),
+    FuzzCase("quantize", [Operand("in", (64,), "f32", "uniform", -1.0, 1.0, "nonfinite", 0.3,
+                                  5)],
+             {"dtype": "i8", "scale": [0.01], "zero_point": [-128], "axis": None,
+              "qmin": -127, "qmax": 127}, id="quantize_nan_zp_below_qmin"),
+]
+
+# Found by the campaign of notes/fuzz_campaign.md (run B) and fixed:
+# - avg_pool1d with divisor_override: the torch backend ignored the attribute (F.avg_pool1d
+#   has none), the compiled pool applied it (torch kernels._avg_pool1d now pools in 2-d);
+# - max_pool2d windows lying in the padding entirely (dilation 2, padding 1, height 1):
+#   torch gives -inf (its padding), compiled code -FLT_MAX (lower_elementwise.propagate_nan);
+# - group_norm over one element per group: TVM's op gave NaN for finite inputs
+#   (lower_nn._norm_of_one);
+# - dilated conv_transpose2d (the first fix's zero insertion by expand/pad/reshape) gave
+#   wrong or garbage values for some geometries, e.g. x f32[2,4,6,1], w [4,2,2,3], stride
+#   [3,2], padding [1,2], dilation [2,2], groups 2: 80/128 differ (now a depthwise 1x1
+#   conv_transpose inserts the zeros).
+_O = Operand
+CAMPAIGN_B = [
+    FuzzCase("avg_pool1d", [_O("in", (2, 8, 4), "f32", "uniform", -1e-3, 1e-3, None, 0.0, 190)],
+             {"kernel": [7], "stride": [3], "padding": [2], "ceil_mode": False,
+              "count_include_pad": False, "divisor_override": 2}, Tol("reduce", 2, reduction=7),
+             id="avg_pool1d_divisor_override"),
+    FuzzCase("avg_pool1d", [_O("in", (1, 5, 6), "f32", "uniform", -1.0, 1.0, None, 0.0, 5134)],
+             {"kernel": [2], "stride": [2], "padding": [1], "ceil_mode": False,
+              "count_include_pad": True, "divisor_override": 9}, Tol("reduce", 2, reduction=2),
+             id="avg_pool1d_divisor_override_pad"),
+    FuzzCase("max_pool2d", [_O("in", (2, 1, 1, 3), "f32", seed=2077656)],
+             {"kernel": [2, 3], "stride": [2, 3], "padding": [1, 0], "ceil_mode": False,
+              "dilation": [2, 1]}, id="max_pool_window_in_padding"),
+    FuzzCase("max_pool2d", [_O("in", (1, 17, 1, 5), "f32", seed=3)],
+             {"kernel": [2, 6], "stride": [1, 1], "padding": [1, 3], "ceil_mode": True,
+              "dilation": [2, 2]}, id="max_pool_window_in_padding_ceil"),
+    FuzzCase("group_norm", [_O("in", (2, 2, 1, 1), "f32", "uniform", -100.0, 100.0, "nonfinite",
+                               0.2, 607996),
+                            _O("const", (2,), "f32", "uniform", -1e-3, 1e-3, None, 0.0, 1039),
+                            _O("const", (2,), "f32", "uniform", -100.0, 100.0, None, 0.0, 284)],
+             {"num_groups": 2, "eps": 1e-5}, Tol("tensor", rel=2e-5), id="group_norm_one"),
+    FuzzCase("group_norm", [_O("in", (2, 1), "f32", "uniform", -100.0, 100.0, "nonfinite", 0.5,
+                               9741)], {"num_groups": 1, "eps": 1e-5}, Tol("tensor", rel=2e-5),
+             id="group_norm_one_2d"),
+] + [
+    FuzzCase("conv_transpose2d",
+             [_O("in", (2, 4, 6, 1), dt, "uniform", -1.0, 1.0, "denormal", 0.5, 2126922),
+              _O("const", (4, 2, 2, 3), dt, "uniform", -1.0, 1.0, None, 0.0, 28987287),
+              *([_O("const", (4,), dt, seed=2340)] if act else [])],
+             {"stride": [3, 2], "padding": [1, 2], "output_padding": [0, 0],
+              "dilation": [2, 2], "groups": 2, **({"act_min": 0.0, "act_max": 6.0} if act else {})},
+             Tol("reduce", 1, reduction=7), id=f"convt_dil_w1_{dt}_{act}")
+    for dt, act in (("f32", False), ("f32", True), ("f16", True))
+]
+
+# Open (TVM limitations, strict xfail): found by campaign B in bf16.
+BF16_OPEN = {
+    "bf16_div_trunc": (
+        FuzzCase("div", [_O("in", (7, 7, 7, 7), "bf16", seed=2),
+                         _O("in", (7, 7, 7, 1), "bf16", "uniform", -1.0, 1.0, "denormal", 0.2,
+                            124)], {"rounding_mode": "trunc"}, id="bf16_div_trunc"),
+        "TVM legalizes bf16 arithmetic to fp32 and fuses divide + trunc without rounding the "
+        "quotient to bf16 in between; torch rounds a/b to bf16 first (6.99 -> 7.0 -> 7, TVM "
+        "gives 6)"),
+    "bf16_conv_nan": (
+        FuzzCase("conv1d", [_O("in", (3, 1, 5), "bf16", "uniform", -4.0, 4.0, "nonfinite", 0.5,
+                               32863178),
+                            _O("const", (1, 1, 5), "bf16", "uniform", -1.0, 1.0, None, 0.0,
+                               3014599408),
+                            _O("const", (1,), "bf16", "uniform", -4.0, 4.0, None, 0.0, 25721)],
+                 {"stride": [1], "padding": [1], "dilation": [1], "groups": 1},
+                 Tol("reduce", 1, reduction=6), id="bf16_conv_nan"),
+        "a NaN sum of a bf16 conv1d comes back as inf (expected nan): not yet understood; the "
+        "fp32 -> bf16 rounding of TVM's bf16 legalization is the suspect"),
+}
+
+FIXED = CAMPAIGN_B + QUANTIZE_NAN_ZP + RMS_NORM_16 + BF16_NAN + CONVT_NAN + TAILS + POOL_NEG_INF + LEAKY_F16 + LEAKY_ZERO + GELU_INF + LAYER_NORM_ONE \
+    + F16_ACCUMULATE
 
 
 # Fixed (lower_nn._sdpa): a fully masked row (bool mask all False, or a float mask of -inf)
@@ -125,23 +324,92 @@ SDPA_MASKED = [
 ]
 
 
-@pytest.mark.parametrize("case", SDPA_MASKED, ids=lambda c: c.id)
-def test_sdpa_fully_masked_row_is_zero(outcomes: dict[str, Outcome], case: FuzzCase) -> None:
+@pytest.fixture(scope="module")
+def outcomes() -> dict[str, Outcome]:
+    pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
+    from tests.reliability.fuzz_run import run_cases
+
+    open_cases = [c for c, _ in BF16_OPEN.values()]
+    report = run_cases(INTERP_ONE + SDPA_MASKED + FIXED + open_cases, "x86", batch_size=200)
+    return {o.case.id: o for _, o in report.outcomes}
+
+
+def _passed(outcomes: dict[str, Outcome], case: FuzzCase) -> None:
     o = outcomes[case.id]
     assert o.status == "passed", f"{case.describe()} :: {o.status}: {o.detail}"
 
 
-@pytest.mark.xfail(strict=False, reason="open: TVM's tanh is 0 / imprecise near 0, so "
-                   "mish(x < -16) is -0.0 instead of ~x * e^x")
-def test_mish_negative_tail(outcomes: dict[str, Outcome]) -> None:
-    o = outcomes["mish_negative_tail"]
-    assert o.status == "passed", f"{o.case.describe()} :: {o.status}: {o.detail}"
+@pytest.mark.parametrize("case", INTERP_ONE, ids=lambda c: c.id)
+def test_interpolate_align_corners_to_size_one(outcomes: dict[str, Outcome],
+                                               case: FuzzCase) -> None:
+    _passed(outcomes, case)
 
 
-@pytest.mark.xfail(strict=False, reason="open: max pools start from the lowest finite value, "
-                   "so an all -inf window gives -FLT_MAX, and fp16 leaky_relu rounds the slope "
-                   "to fp16 (1 ulp off torch)")
-@pytest.mark.parametrize("case_id", sorted(OPEN))
-def test_open_pool_and_fp16_findings(outcomes: dict[str, Outcome], case_id: str) -> None:
-    o = outcomes[case_id]
-    assert o.status == "passed", f"{o.case.describe()} :: {o.status}: {o.detail}"
+@pytest.mark.parametrize("case", SDPA_MASKED, ids=lambda c: c.id)
+def test_sdpa_fully_masked_row_is_zero(outcomes: dict[str, Outcome], case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case", CONVT_NAN, ids=lambda c: c.id)
+def test_conv_transpose_dilation_keeps_nan_local(outcomes: dict[str, Outcome],
+                                                 case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case", TAILS, ids=lambda c: c.id)
+def test_tanh_softplus_mish_accurate_near_zero(outcomes: dict[str, Outcome],
+                                               case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case", POOL_NEG_INF, ids=lambda c: c.id)
+def test_max_reductions_of_only_infinities(outcomes: dict[str, Outcome],
+                                           case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case", LEAKY_F16 + LEAKY_ZERO + GELU_INF + LAYER_NORM_ONE,
+                         ids=lambda c: c.id)
+def test_fp16_slope_gelu_inf_layer_norm_of_one(outcomes: dict[str, Outcome],
+                                               case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case", BF16_NAN + RMS_NORM_16 + QUANTIZE_NAN_ZP, ids=lambda c: c.id)
+def test_bf16_rms_norm_and_quantize_nan_findings(outcomes: dict[str, Outcome],
+                                              case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case", CAMPAIGN_B, ids=lambda c: c.id)
+def test_campaign_b_findings(outcomes: dict[str, Outcome], case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+@pytest.mark.parametrize("case_id", [
+    pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=why))
+    for k, (_, why) in BF16_OPEN.items()])
+def test_open_bf16_findings(outcomes: dict[str, Outcome], case_id: str) -> None:
+    _passed(outcomes, BF16_OPEN[case_id][0])
+
+
+@pytest.mark.parametrize("case", F16_ACCUMULATE, ids=lambda c: c.id)
+def test_fp16_dot_products_accumulate_in_fp32(outcomes: dict[str, Outcome],
+                                              case: FuzzCase) -> None:
+    _passed(outcomes, case)
+
+
+def test_regression_inputs_hit_the_edge() -> None:
+    """The cases really hold what they are about: all-infinite windows, +-Inf for gelu, NaN
+    for the one-element layer norm (a test that cannot meet its edge cannot fail)."""
+    import torch
+
+    from tests.reliability.fuzz_cases import materialize
+
+    x = materialize(POOL_NEG_INF[3].operands[0])
+    assert (torch.nn.functional.adaptive_max_pool2d(x, [5, 4]) == -torch.inf).any()
+    assert (materialize(POOL_NEG_INF[4].operands[0]) == -torch.inf).all(dim=1).any()
+    assert (materialize(POOL_NEG_INF[5].operands[0]) == torch.inf).all(dim=1).any()
+    g = materialize(GELU_INF[0].operands[0])
+    assert (g == torch.inf).any() and (g == -torch.inf).any()
+    assert torch.isnan(materialize(LAYER_NORM_ONE[0].operands[0])).any()

@@ -203,7 +203,12 @@ def _max_pool2d(x, *, kernel, stride, padding, dilation, ceil_mode):
 
 @register_kernel("avg_pool1d")
 def _avg_pool1d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    return F.avg_pool1d(x, kernel, stride, padding, ceil_mode, count_include_pad)
+    if divisor_override is None:
+        return F.avg_pool1d(x, kernel, stride, padding, ceil_mode, count_include_pad)
+    # F.avg_pool1d has no divisor_override (it was ignored here): the 2-d pool over [.., 1, L]
+    y = F.avg_pool2d(x.unsqueeze(-2), [1, *kernel], [1, *stride], [0, *padding], ceil_mode,
+                     count_include_pad, divisor_override)
+    return y.squeeze(-2)
 
 
 @register_kernel("avg_pool2d")

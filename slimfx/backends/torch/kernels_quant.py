@@ -62,10 +62,11 @@ def _quantize(x, *, dtype, scale, zero_point, axis, qmin, qmax):
     s = _channel_view(scale, axis, x.dim(), torch.float32)
     z = _channel_view(zero_point, axis, x.dim(), torch.float32)
     x = x.to(torch.float32)
-    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)  # +-inf -> qmax / qmin
-    # NaN -> the zero point in every backend (DESIGN.md §4); a NaN cast to an integer type
-    # is undefined in C (torch gives 0 on x86, not the zero point)
-    q = torch.where(torch.isnan(x), z, q)
+    # NaN -> the zero point in every backend (DESIGN.md §4), clamped like any value (a zero
+    # point outside [qmin, qmax] gave out-of-range codes); a NaN cast to an integer type is
+    # undefined in C (torch gives 0 on x86, not the zero point)
+    q = torch.where(torch.isnan(x), z, torch.round(x / s) + z)
+    q = torch.clamp(q, qmin, qmax)  # +-inf -> qmax / qmin
     return q.to(DTYPES[dtype])
 
 

@@ -7,6 +7,22 @@ Formulas follow the torch kernels (``slimfx/backends/torch/kernels.py``):
 - ``softplus(x) = x if beta*x > threshold else log(1 + exp(beta*x)) / beta``,
 - ``round`` rounds half to even (torch), not half away from zero (LLVM ``round``).
 
+Accuracy where TVM's own lowering loses it (each found by the differential fuzzer):
+
+- ``tanh``: TVM computes ``(1 - e^-2y) / (1 + e^-2y)``, which cancels near 0 (0 for
+  ``|y| < 3e-8``, a relative error of ~``eps / 2|y|`` below ~1e-2). For ``|y| < 0.4`` the
+  odd Taylor series through ``y^15`` is used instead (truncation < 3e-10 relative).
+- ``softplus`` and ``mish`` use ``log1p(e^x)`` as torch does (:func:`log1p`), where
+  ``log(1 + u)`` is 0 for ``u < 6e-8`` and has a relative error of ~``eps / u`` above:
+  ``mish(x < -16)`` was -0.0 or twice ``x * e^x``.
+- fp16/bf16 ``tanh``, ``softplus``, ``mish``, ``leaky_relu``, ``softmax`` and
+  ``log_softmax`` compute in fp32 and round once, as torch's kernels for the reduced float
+  types do (TVM has no bf16 ``isnan``/``isinf``/``isfinite``: :func:`isnan` & co. widen
+  bf16 to fp32 first) (``leaky_relu`` in fp16 used to
+  multiply by the slope rounded to fp16: 0.2 -> 0.19995, 1 ulp off torch).
+- ``gelu`` (exact form) of +-Inf is NaN: torch's fp32/fp16 kernel gives NaN there (its
+  fp64 kernel gives +-Inf and 0), TVM's formula gave +Inf for +Inf.
+
 NaN and infinities behave as in PyTorch (DESIGN.md §4): ``relu``, ``clamp`` (and what is
 built on it: ``relu6``, ``hardtanh``, ``hardsigmoid``, fused activations), ``maximum`` and
 ``minimum`` propagate NaN. TVM's ``max``/``min`` are ``select(a > b, a, b)``, which returns
@@ -19,13 +35,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 from tvm import relax
 from tvm.relax import Expr
 
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
 from slimfx.ir.core import Node
 
-__all__ = ["clamp", "round_half_even", "is_float", "nan_max", "propagate_nan"]
+__all__ = ["clamp", "round_half_even", "is_float", "nan_max", "propagate_nan", "tanh",
+           "log1p", "isnan", "isinf", "isfinite", "in_fp32"]
 
 R = relax.op
 
@@ -37,6 +55,27 @@ def _out_dtype(node: Node, index: int = 0) -> str:
 def is_float(dtype: str) -> bool:
     """Whether a TVM dtype string is a floating-point type (the ones that hold NaN)."""
     return dtype.startswith(("float", "bfloat"))
+
+
+def _f32_view(ctx: LowerContext, x: Expr) -> Expr:
+    # TVM's isnan/isinf/isfinite reject bfloat16 ("not supported for isnan op"): test its
+    # exact fp32 widening instead
+    return ctx.cast(x, "float32") if ctx.dtype_of(x) == "bfloat16" else x
+
+
+def isnan(ctx: LowerContext, x: Expr) -> Expr:
+    """``R.isnan(x)`` for every float dtype (bf16 included)."""
+    return R.isnan(_f32_view(ctx, x))
+
+
+def isinf(ctx: LowerContext, x: Expr) -> Expr:
+    """``R.isinf(x)`` for every float dtype (bf16 included)."""
+    return R.isinf(_f32_view(ctx, x))
+
+
+def isfinite(ctx: LowerContext, x: Expr) -> Expr:
+    """``R.isfinite(x)`` for every float dtype (bf16 included)."""
+    return R.isfinite(_f32_view(ctx, x))
 
 
 def clamp(ctx: LowerContext, x: Expr, lo: float | None, hi: float | None) -> Expr:
@@ -68,21 +107,33 @@ def nan_max(ctx: LowerContext, a: Expr, b: Expr, *, minimum: bool = False) -> Ex
     pick = ctx.emit(R.where(R.less(a, b) if minimum else R.greater(a, b), a, b))  # b if b NaN
     if not is_float(ctx.dtype_of(a)):
         return pick
-    return ctx.emit(R.where(R.isnan(a), a, pick))
+    return ctx.emit(R.where(isnan(ctx, a), a, pick))
 
 
-def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], Expr]) -> Expr:
-    """``y``, a max/min of windows or axes of ``x``, with NaN where the window holds a NaN.
+def propagate_nan(ctx: LowerContext, x: Expr, y: Expr, reduce: Callable[[Expr], Expr], *,
+                  minimum: bool = False) -> Expr:
+    """``y``, a max (``minimum``: min) of windows or axes of ``x``, with torch's non-finite rules.
 
-    ``reduce`` applies the same windows/axes to an ``int8`` tensor (1 where ``x`` is NaN).
-    torch's max-pool and ``amax`` propagate NaN; TVM's ``max`` reducer drops it.
+    A window holding a NaN gives NaN (TVM's ``max`` reducer drops it); a window of only
+    ``-inf`` (``minimum``: ``+inf``) gives that infinity (TVM's reducers start from the
+    lowest finite value, so such a window gave ``-FLT_MAX``). ``reduce`` applies the same
+    windows/axes, as a MAX, to an ``int8`` code of ``x``: 2 for NaN, 0 for the infinity the
+    reduction starts from, 1 otherwise (TVM pads with -128, so a window of padding only
+    gives the infinity too, as torch's -inf padding does).
     """
     dtype = ctx.dtype_of(x)
     if not is_float(dtype):
         return y
-    flag = ctx.emit(reduce(ctx.emit(R.astype(R.isnan(x), "int8"))))
+    i8 = "int8"
+    start = ctx.scalar(float("inf") if minimum else float("-inf"), dtype)
+    code = R.where(isnan(ctx, x), ctx.scalar(2, i8),
+                   R.where(R.equal(x, start), ctx.scalar(0, i8), ctx.scalar(1, i8)))
+    flag = ctx.emit(reduce(ctx.emit(code)))
     nan = ctx.scalar(float("nan"), dtype)
-    return ctx.emit(R.where(R.greater(flag, ctx.scalar(0, "int8")), nan, y))
+    # flag 0: only the infinity; below 0: only padding (a max pool window that lies in the
+    # padding entirely, which torch allows with dilation), -inf in torch as well
+    y = ctx.emit(R.where(R.less(flag, ctx.scalar(1, i8)), start, y))
+    return ctx.emit(R.where(R.greater(flag, ctx.scalar(1, i8)), nan, y))
 
 
 def round_half_even(ctx: LowerContext, x: Expr) -> Expr:
@@ -99,17 +150,70 @@ def round_half_even(ctx: LowerContext, x: Expr) -> Expr:
     return ctx.emit(R.where(R.equal(d, half), tie, r))
 
 
-def _softplus(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
+def in_fp32(ctx: LowerContext, x: Expr, fn: Callable[[Expr], Expr]) -> Expr:
+    """``fn(x)``, computed in fp32 and rounded once when ``x`` is fp16/bf16 (as torch does)."""
+    dt = ctx.dtype_of(x)
+    if dt not in ("float16", "bfloat16"):
+        return fn(x)
+    return ctx.cast(ctx.emit(fn(ctx.cast(x, "float32"))), dt)
+
+
+# tanh's odd Taylor series, tanh(y) = y * sum_k c_k y^(2k), through y^15
+_TANH_SERIES = (1.0, -1 / 3, 2 / 15, -17 / 315, 62 / 2835, -1382 / 155925, 21844 / 6081075,
+                -929569 / 638512875)
+_TANH_SERIES_BELOW = 0.4
+
+
+def _tanh_f(ctx: LowerContext, y: Expr) -> Expr:
+    dt = ctx.dtype_of(y)
+    s = ctx.emit(R.multiply(y, y))
+    p: Expr = ctx.scalar(_TANH_SERIES[-1], dt)
+    for c in reversed(_TANH_SERIES[:-1]):
+        p = ctx.emit(R.add(R.multiply(p, s), ctx.scalar(c, dt)))
+    small = ctx.emit(R.multiply(y, p))
+    near_zero = R.less(R.abs(y), ctx.scalar(_TANH_SERIES_BELOW, dt))
+    return ctx.emit(R.where(near_zero, small, R.tanh(y)))
+
+
+def tanh(ctx: LowerContext, y: Expr) -> Expr:
+    """``torch.tanh`` to a few ulp, also near 0 (see the module docstring)."""
+    return in_fp32(ctx, y, lambda t: _tanh_f(ctx, t))
+
+
+def log1p(ctx: LowerContext, u: Expr) -> Expr:
+    """``log(1 + u)`` for ``u >= 0`` (or +Inf, NaN), accurate when ``u`` is tiny.
+
+    For ``u < 1``: ``2 atanh(z)`` with ``z = u / (2 + u) <= 1/3``, its odd series through
+    ``z^15`` (truncation < 2e-9 relative); else ``log(1 + u)``. (The shorter
+    ``log(w) * u / (w - 1)``, ``w = 1 + u``, does not survive TVM's simplifier, which
+    rewrites ``(1 + u) - 1`` to ``u``.)
+    """
+    dt = ctx.dtype_of(u)
+    z = ctx.emit(R.divide(u, R.add(ctx.scalar(2.0, dt), u)))
+    z2 = ctx.emit(R.multiply(z, z))
+    p: Expr = ctx.scalar(1.0 / 15, dt)
+    for k in range(13, 0, -2):
+        p = ctx.emit(R.add(R.multiply(p, z2), ctx.scalar(1.0 / k, dt)))
+    series = ctx.emit(R.multiply(R.multiply(z, p), ctx.scalar(2.0, dt)))
+    big = ctx.emit(R.log(R.add(ctx.scalar(1.0, dt), u)))
+    return ctx.emit(R.where(R.less(u, ctx.scalar(1.0, dt)), series, big))
+
+
+def _softplus_f(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
     dt = ctx.dtype_of(x)
     bx = ctx.emit(R.multiply(x, ctx.scalar(beta, dt))) if beta != 1.0 else x
-    soft = ctx.emit(R.log(R.add(ctx.scalar(1.0, dt), R.exp(bx))))
+    soft = log1p(ctx, ctx.emit(R.exp(bx)))
     if beta != 1.0:
         soft = ctx.emit(R.divide(soft, ctx.scalar(beta, dt)))
     return ctx.emit(R.where(R.greater(bx, ctx.scalar(threshold, dt)), x, soft))
 
 
+def _softplus(ctx: LowerContext, x: Expr, beta: float, threshold: float) -> Expr:
+    return in_fp32(ctx, x, lambda t: _softplus_f(ctx, t, beta, threshold))
+
+
 _SIMPLE: dict[str, Callable[[Expr], Expr]] = {
-    "silu": R.nn.silu, "sigmoid": R.sigmoid, "tanh": R.tanh, "exp": R.exp,
+    "silu": R.nn.silu, "sigmoid": R.sigmoid, "exp": R.exp,
     "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "neg": R.negative, "abs": R.abs, "erf": R.erf,
     "sin": R.sin, "cos": R.cos, "floor": R.floor, "ceil": R.ceil, "sign": R.sign,
     "logical_not": R.logical_not,
@@ -150,9 +254,16 @@ def _hardsigmoid(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     return clamp(ctx, y, 0.0, 1.0)
 
 
+@register_lowering("tanh")
+def _tanh(ctx: LowerContext, node: Node, x: Expr) -> Expr:
+    return tanh(ctx, x)
+
+
 @register_lowering("mish")
 def _mish(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.multiply(x, R.tanh(_softplus(ctx, x, 1.0, 20.0)))
+    def mish(t: Expr) -> Expr:
+        return R.multiply(t, _tanh_f(ctx, _softplus_f(ctx, t, 1.0, 20.0)))
+    return in_fp32(ctx, x, mish)
 
 
 @register_lowering("reciprocal")
@@ -167,12 +278,25 @@ def _round(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("gelu")
 def _gelu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.gelu_tanh(x) if node.attrs["approximate"] == "tanh" else R.nn.gelu(x)
+    if node.attrs["approximate"] == "tanh":
+        return R.nn.gelu_tanh(x)
+    y = ctx.emit(R.nn.gelu(x))
+    return R.where(isinf(ctx, x), ctx.scalar(float("nan"), ctx.dtype_of(x)), y)  # as torch
 
 
 @register_lowering("leaky_relu")
 def _leaky_relu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.leakyrelu(x, node.attrs["negative_slope"])
+    slope = node.attrs["negative_slope"]
+
+    def leaky(t: Expr) -> Expr:
+        if slope != 0.0:
+            return R.nn.leakyrelu(t, slope)
+        # slope 0: TVM folds t * 0.0 (an immediate) to 0, but torch's NaN * 0 and -inf * 0
+        # are NaN; a one-element constant TENSOR is not folded
+        dt = ctx.dtype_of(t)
+        zero = ctx.const(np.zeros([1] * len(ctx.shape_of(t))), dt)
+        return R.where(R.greater(t, ctx.scalar(0.0, dt)), t, ctx.emit(R.multiply(t, zero)))
+    return in_fp32(ctx, x, leaky)
 
 
 @register_lowering("elu")
@@ -194,12 +318,12 @@ def _clamp(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 
 @register_lowering("softmax")
 def _softmax(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.softmax(x, node.attrs["axis"])
+    return in_fp32(ctx, x, lambda t: R.nn.softmax(t, node.attrs["axis"]))
 
 
 @register_lowering("log_softmax")
 def _log_softmax(ctx: LowerContext, node: Node, x: Expr) -> Expr:
-    return R.nn.log_softmax(x, node.attrs["axis"])
+    return in_fp32(ctx, x, lambda t: R.nn.log_softmax(t, node.attrs["axis"]))
 
 
 @register_lowering("cast")
@@ -262,7 +386,7 @@ def _ne(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
     a, b = ctx.cast(a, dt), ctx.cast(b, dt)
     if is_float(dt):  # TVM's float != is ordered (NaN != x is false); torch's is true
         # (not R.logical_not(R.equal(a, b)): TVM's simplifier turns it back into an ordered !=)
-        return R.logical_or(R.logical_or(R.isnan(a), R.isnan(b)), R.not_equal(a, b))
+        return R.logical_or(R.logical_or(isnan(ctx, a), isnan(ctx, b)), R.not_equal(a, b))
     return R.not_equal(a, b)
 
 

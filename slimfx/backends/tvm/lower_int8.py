@@ -102,8 +102,8 @@ def _quantize(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     s = _channel(ctx, a["scale"], a["axis"], rank, "float32")
     z = _channel(ctx, a["zero_point"], a["axis"], rank, "float32")
     q = ctx.emit(R.add(round_half_even(ctx, ctx.emit(R.divide(x, s))), z))
+    q = ctx.emit(R.where(R.isnan(x), z, q))  # NaN -> the zero point (DESIGN.md §4), clamped
     q = ctx.emit(R.clip(q, float(a["qmin"]), float(a["qmax"])))  # +-inf -> qmax / qmin
-    q = ctx.emit(R.where(R.isnan(x), z, q))  # NaN -> the zero point (DESIGN.md §4)
     return R.astype(q, to_tvm_dtype(a["dtype"]))
 
 

@@ -2,6 +2,22 @@
 
 - A fused activation (``act_min``/``act_max``) becomes a clamp after the bias (NaN stays
   NaN, as in torch).
+- fp16/bf16 convolutions, ``linear`` and ``matmul`` accumulate in fp32 (bias included) and
+  round once, as torch's CPU kernels do (TVM's default accumulates in the input dtype: a
+  K-term fp16 dot product drifted by up to ~K/2 fp16 ulps).
+- ``conv_transpose2d`` with dilation > 1 is a stride-1 convolution, dilated by the
+  transposed convolution's dilation, of the input with zeros inserted between its
+  elements (``stride - 1`` per gap) and padded by ``dilation * (kernel - 1) - padding``
+  (plus ``output_padding`` at the end; negative amounts crop), with the weight transposed
+  to ``[out, in / groups, kh, kw]`` and flipped spatially. TVM's own
+  ``conv2d_transpose`` dilates the KERNEL with zeros, and ``0 * NaN`` then spread a NaN or
+  Inf input to outputs it does not reach in torch.
+- fp16/bf16 normalizations compute in fp32 and round once (torch's CPU kernels accumulate
+  in fp32; TVM's ``layer_norm`` refuses bf16).
+- ``layer_norm`` (and ``group_norm``) over one element is ``(x - x) * rsqrt(eps) * weight + bias`` with
+  ``x - x`` written ``where(isfinite(x), 0, NaN)``: TVM simplifies ``x - mean(x)`` to 0
+  there, which turned NaN/Inf inputs into ``bias`` (torch: NaN); TVM's ``group_norm`` of
+  one element gave NaN for finite inputs.
 - Float max-pools (plain and adaptive) give NaN for a window holding a NaN, as torch does.
 - ``batch_norm(x) = (x - mean) * rsqrt(var + eps) * weight + bias`` on axis 1, written with
   elementwise ops so that constant folding turns it into one scale and shift.
@@ -16,14 +32,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import tvm
 from tvm import relax
 from tvm.relax import Expr
 
 from slimfx.backends.tvm import dense_fp32
 from slimfx.backends.tvm.lower import LowerContext, register_lowering, to_tvm_dtype
-from slimfx.backends.tvm.lower_elementwise import clamp, propagate_nan
+from slimfx.backends.tvm.lower_elementwise import clamp, isfinite, propagate_nan
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Node
 
@@ -45,12 +63,18 @@ def _act(ctx: LowerContext, node: Node, y: Expr) -> Expr:
     return clamp(ctx, y, node.attrs["act_min"], node.attrs["act_max"])
 
 
+def _acc(dtype: str) -> str:
+    """The accumulation dtype of a float dot product: fp32 for the 16-bit floats."""
+    return "float32" if dtype in ("float16", "bfloat16") else dtype
+
+
 @register_lowering("conv1d")
 def _conv1d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     a = node.attrs
-    y = ctx.emit(R.nn.conv1d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
-                             a["dilation"], a["groups"]))
-    return _act(ctx, node, _channel_bias(ctx, y, b, 3))
+    dt = ctx.dtype_of(x)
+    y = ctx.emit(R.nn.conv1d(x, ctx.cast(w, dt), a["stride"], a["padding"], a["dilation"],
+                             a["groups"], out_dtype=_acc(dt)))
+    return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 3), dt))
 
 
 @register_lowering("conv2d")
@@ -60,18 +84,76 @@ def _conv2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = No
         y = dense_fp32.conv2d_fp32(ctx, x, w, b, stride=a["stride"], padding=a["padding"],
                                    dilation=a["dilation"])
         return _act(ctx, node, y)
-    y = ctx.emit(R.nn.conv2d(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"], a["padding"],
-                             a["dilation"], a["groups"]))
-    return _act(ctx, node, _channel_bias(ctx, y, b, 4))
+    dt = ctx.dtype_of(x)
+    y = ctx.emit(R.nn.conv2d(x, ctx.cast(w, dt), a["stride"], a["padding"], a["dilation"],
+                             a["groups"], out_dtype=_acc(dt)))
+    return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 4), dt))
+
+
+def _insert_zeros(ctx: LowerContext, x: Expr, stride: Sequence[int]) -> Expr:
+    """``x`` (NCHW) with ``stride - 1`` zeros between consecutive elements of H and W: a
+    depthwise ``conv2d_transpose`` by a 1x1 kernel of ones (no kernel dilation, so nothing
+    multiplies a NaN but the one tap that copies it)."""
+    if all(st == 1 for st in stride):
+        return x
+    c = ctx.shape_of(x)[1]
+    ones = ctx.const(np.ones((c, 1, 1, 1)), ctx.dtype_of(x))
+    return ctx.emit(R.nn.conv2d_transpose(x, ones, tuple(stride), (0, 0), (0, 0), (1, 1), c))
+
+
+def _pad_or_crop(ctx: LowerContext, x: Expr, axis: int, lo: int, hi: int) -> Expr:
+    """``x`` padded with ``lo``/``hi`` zeros before/after along ``axis`` (negative: cropped)."""
+    rank = len(ctx.shape_of(x))
+    if lo > 0 or hi > 0:
+        widths = [0] * (2 * rank)
+        widths[2 * axis], widths[2 * axis + 1] = max(lo, 0), max(hi, 0)
+        x = ctx.emit(R.nn.pad(x, widths))
+    if lo < 0 or hi < 0:
+        n = ctx.shape_of(x)[axis]
+        x = ctx.emit(R.strided_slice(x, [axis], [max(-lo, 0)], [n - max(-hi, 0)]))
+    return x
+
+
+def _transposed_weight(ctx: LowerContext, w: Expr, groups: int, dtype: str) -> Expr:
+    """A ``conv_transpose2d`` weight ``[in, out/g, kh, kw]`` as the ``conv2d`` weight
+    ``[out, in/g, kh, kw]`` (per group: in and out swapped), flipped in kh and kw."""
+    cin, cout_g, kh, kw = ctx.shape_of(w)
+    if isinstance(w, tvm.ir.expr.Constant) and "bfloat" not in ctx.dtype_of(w):
+        wn = w.value.numpy().reshape(groups, cin // groups, cout_g, kh, kw)
+        wn = wn.transpose(0, 2, 1, 3, 4).reshape(groups * cout_g, cin // groups, kh, kw)
+        return ctx.const(np.ascontiguousarray(wn[:, :, ::-1, ::-1]), dtype)
+    w = ctx.cast(w, dtype)
+    w = ctx.emit(R.reshape(w, [groups, cin // groups, cout_g, kh, kw]))
+    w = ctx.emit(R.reshape(R.permute_dims(w, [0, 2, 1, 3, 4]),
+                           [groups * cout_g, cin // groups, kh, kw]))
+    return ctx.emit(R.flip(R.flip(w, 2), 3))
+
+
+def _conv_t2d_dilated(ctx: LowerContext, node: Node, x: Expr, w: Expr) -> Expr:
+    """``conv_transpose2d`` as a direct convolution (module docstring); no bias."""
+    a = node.attrs
+    dt = ctx.dtype_of(x)
+    k = ctx.shape_of(w)[2:]
+    x = _insert_zeros(ctx, x, a["stride"])
+    for i in range(2):
+        edge = a["dilation"][i] * (k[i] - 1) - a["padding"][i]
+        x = _pad_or_crop(ctx, x, 2 + i, edge, edge + a["output_padding"][i])
+    wt = _transposed_weight(ctx, w, a["groups"], dt)
+    return ctx.emit(R.nn.conv2d(x, wt, (1, 1), (0, 0), a["dilation"], a["groups"],
+                                out_dtype=_acc(dt)))
 
 
 @register_lowering("conv_transpose2d")
 def _conv_t2d(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
     a = node.attrs
-    y = ctx.emit(R.nn.conv2d_transpose(x, ctx.cast(w, ctx.dtype_of(x)), a["stride"],
-                                       a["padding"], a["output_padding"], a["dilation"],
-                                       a["groups"]))
-    return _act(ctx, node, _channel_bias(ctx, y, b, 4))
+    dt = ctx.dtype_of(x)
+    if any(d != 1 for d in a["dilation"]):
+        y = _conv_t2d_dilated(ctx, node, x, w)
+    else:
+        y = ctx.emit(R.nn.conv2d_transpose(x, ctx.cast(w, dt), a["stride"], a["padding"],
+                                           a["output_padding"], a["dilation"], a["groups"],
+                                           out_dtype=_acc(dt)))
+    return _act(ctx, node, ctx.cast(_channel_bias(ctx, y, b, 4), dt))
 
 
 @register_lowering("linear")
@@ -79,16 +161,17 @@ def _linear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = No
     if dense_fp32.applies(ctx, x, w, b):  # x86: register-tiled dense on a packed weight
         return _act(ctx, node, dense_fp32.linear_fp32(ctx, x, w, b))
     dt = ctx.dtype_of(x)
-    y = ctx.emit(R.matmul(x, ctx.permute(ctx.cast(w, dt), [1, 0])))
+    y = ctx.emit(R.matmul(x, ctx.permute(ctx.cast(w, dt), [1, 0]), out_dtype=_acc(dt)))
     if b is not None:
-        y = ctx.emit(R.add(y, ctx.cast(b, dt)))
-    return _act(ctx, node, y)
+        y = ctx.emit(R.add(y, ctx.cast(b, _acc(dt))))
+    return _act(ctx, node, ctx.cast(y, dt))
 
 
 @register_lowering("matmul")
 def _matmul(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
     dt = to_tvm_dtype(node.outputs[0].dtype)
-    return R.matmul(ctx.cast(a, dt), ctx.cast(b, dt))
+    y = ctx.emit(R.matmul(ctx.cast(a, dt), ctx.cast(b, dt), out_dtype=_acc(dt)))
+    return ctx.cast(y, dt)
 
 
 # ----------------------------------------------------------------------------- normalization
@@ -120,33 +203,65 @@ def _affine(ctx: LowerContext, shape: tuple[int, ...], dt: str, weight: Expr | N
     return g, b
 
 
+def _norm_in_fp32(ctx: LowerContext, x: Expr, weight: Expr | None, bias: Expr | None,
+                  fn) -> Expr:
+    """``fn(x, weight, bias)`` in fp32 for 16-bit float ``x``, rounded once."""
+    dt = ctx.dtype_of(x)
+    if dt not in ("float16", "bfloat16"):
+        return fn(x, weight, bias)
+    wide = [None if e is None else ctx.cast(e, "float32") for e in (weight, bias)]
+    return ctx.cast(ctx.emit(fn(ctx.cast(x, "float32"), *wide)), dt)
+
+
+def _norm_of_one(ctx: LowerContext, x: Expr, g: Expr, b: Expr, eps: float) -> Expr:
+    """A normalization over groups of ONE element: ``(x - x) * rsqrt(eps) * g + b`` with
+    ``x - x`` written ``where(isfinite(x), 0, NaN)`` (module docstring); ``g``/``b`` must
+    broadcast against ``x``."""
+    dt = ctx.dtype_of(x)
+    centered = R.where(isfinite(ctx, x), ctx.scalar(0.0, dt), ctx.scalar(float("nan"), dt))
+    inv = ctx.scalar(1.0 / math.sqrt(eps) if eps > 0 else math.inf, dt)
+    return R.add(R.multiply(ctx.emit(R.multiply(centered, inv)), g), b)
+
+
 @register_lowering("layer_norm")
 def _layer_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                 bias: Expr | None = None) -> Expr:
     ns = tuple(node.attrs["normalized_shape"])
-    dt = ctx.dtype_of(x)
-    g, b = _affine(ctx, ns, dt, weight, bias)
-    axes = list(range(-len(ns), 0))
-    return R.nn.layer_norm(x, g, b, axes, node.attrs["eps"])
+
+    def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
+        dt = ctx.dtype_of(x)
+        g, b = _affine(ctx, ns, dt, weight, bias)
+        if math.prod(ns) == 1:
+            return _norm_of_one(ctx, x, g, b, node.attrs["eps"])
+        return R.nn.layer_norm(x, g, b, list(range(-len(ns), 0)), node.attrs["eps"])
+    return _norm_in_fp32(ctx, x, weight, bias, norm)
 
 
 @register_lowering("group_norm")
 def _group_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                 bias: Expr | None = None) -> Expr:
     shape = ctx.shape_of(x)
-    dt = ctx.dtype_of(x)
-    g, b = _affine(ctx, (shape[1],), dt, weight, bias)
-    axes = list(range(2, len(shape)))
-    return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
+
+    def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
+        g, b = _affine(ctx, (shape[1],), ctx.dtype_of(x), weight, bias)
+        axes = list(range(2, len(shape)))
+        if shape[1] // node.attrs["num_groups"] * math.prod(shape[2:]) == 1:
+            per_channel = [shape[1]] + [1] * (len(shape) - 2)
+            return _norm_of_one(ctx, x, ctx.emit(R.reshape(g, per_channel)),
+                                ctx.emit(R.reshape(b, per_channel)), node.attrs["eps"])
+        return R.nn.group_norm(x, g, b, node.attrs["num_groups"], 1, axes, node.attrs["eps"])
+    return _norm_in_fp32(ctx, x, weight, bias, norm)
 
 
 @register_lowering("instance_norm")
 def _instance_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None,
                    bias: Expr | None = None) -> Expr:
     shape = ctx.shape_of(x)
-    dt = ctx.dtype_of(x)
-    g, b = _affine(ctx, (shape[1],), dt, weight, bias)
-    return R.nn.instance_norm(x, g, b, 1, list(range(2, len(shape))), node.attrs["eps"])
+
+    def norm(x: Expr, weight: Expr | None, bias: Expr | None) -> Expr:
+        g, b = _affine(ctx, (shape[1],), ctx.dtype_of(x), weight, bias)
+        return R.nn.instance_norm(x, g, b, 1, list(range(2, len(shape))), node.attrs["eps"])
+    return _norm_in_fp32(ctx, x, weight, bias, norm)
 
 
 @register_lowering("rms_norm")
@@ -154,12 +269,17 @@ def _rms_norm(ctx: LowerContext, node: Node, x: Expr, weight: Expr | None = None
     ns = tuple(node.attrs["normalized_shape"])
     dt = ctx.dtype_of(x)
     eps = node.attrs["eps"]
-    if eps is None:  # torch: the machine epsilon of the input dtype
-        eps = float(np.finfo(np.dtype(dt) if dt != "bfloat16" else np.float32).eps)
+    if eps is None:  # torch: the machine epsilon of the dtype it computes in (fp32 for
+        # fp16/bf16 inputs: torch 2.13's CPU kernel, checked by the fuzzer)
+        eps = float(np.finfo(np.dtype(_acc(dt))).eps)
     axes = list(range(-len(ns), 0))
-    ms = ctx.emit(R.mean(R.multiply(x, x), axes, keepdims=True))
-    y = ctx.emit(R.multiply(x, R.rsqrt(R.add(ms, ctx.scalar(eps, dt)))))
-    return y if weight is None else R.multiply(y, ctx.cast(weight, dt))
+
+    def norm(x: Expr, weight: Expr | None, _bias: Expr | None) -> Expr:
+        fdt = ctx.dtype_of(x)
+        ms = ctx.emit(R.mean(R.multiply(x, x), axes, keepdims=True))
+        y = ctx.emit(R.multiply(x, R.rsqrt(R.add(ms, ctx.scalar(eps, fdt)))))
+        return y if weight is None else R.multiply(y, ctx.cast(weight, fdt))
+    return _norm_in_fp32(ctx, x, weight, None, norm)
 
 
 # ----------------------------------------------------------------------------- pooling

@@ -90,12 +90,14 @@ def _reducer(fn):
 register_lowering("mean")(_reducer(R.mean))
 register_lowering("sum")(_reducer(R.sum))
 def _nan_reducer(fn):
-    """``amax``/``amin``: NaN when the reduced elements hold a NaN (torch; TVM drops it)."""
+    """``amax``/``amin``: NaN when the reduced elements hold a NaN, -inf (amin: +inf) when they
+    are all -inf (+inf), as torch (TVM drops NaN and starts from the lowest finite value)."""
     def lower(ctx: LowerContext, node: Node, x: Expr) -> Expr:
         axes = list(node.attrs["axes"]) or None
         keep = node.attrs["keepdim"]
         dt = to_tvm_dtype(node.outputs[0].dtype)
-        y = propagate_nan(ctx, x, ctx.emit(fn(x, axes, keep)), lambda t: R.max(t, axes, keep))
+        y = propagate_nan(ctx, x, ctx.emit(fn(x, axes, keep)), lambda t: R.max(t, axes, keep),
+                          minimum=fn is R.min)
         return ctx.cast(y, dt)
     return lower
 
