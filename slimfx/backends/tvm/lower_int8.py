@@ -181,8 +181,9 @@ def _qconv_requantize(ctx: LowerContext, node: Node, rq: Node, x: Expr, w: Expr,
     """
     a, r = node.attrs, rq.attrs
     if not isinstance(w, tvm.ir.expr.Constant) or ctx.is_static(x) \
+            or not ctx.is_static_shape(x) \
             or (b is not None and not isinstance(b, tvm.ir.expr.Constant)):
-        return None
+        return None  # symbolic dims: the unfused lowerings (the direct convolution)
     wn = w.value.numpy()
     rank = wn.ndim
     if r["in_zero_point"] != 0 or (r["axis"] is not None and r["axis"] % rank != 1):
