@@ -280,8 +280,14 @@ def _round(ctx: LowerContext, node: Node, x: Expr) -> Expr:
 def _gelu(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     if node.attrs["approximate"] == "tanh":
         return R.nn.gelu_tanh(x)
+    dt = ctx.dtype_of(x)
+    # torch forms x * (1 + erf(x / sqrt 2)) before halving it, so in fp32 (where bf16 is
+    # computed too) every x >= 2**127 overflows to +inf; TVM's formula gave x
     y = ctx.emit(R.nn.gelu(x))
-    return R.where(isinf(ctx, x), ctx.scalar(float("nan"), ctx.dtype_of(x)), y)  # as torch
+    if dt in ("float32", "bfloat16"):  # fp16 holds no such x
+        y = ctx.emit(R.where(R.greater_equal(x, ctx.scalar(2.0**127, dt)),
+                             ctx.scalar(float("inf"), dt), y))
+    return R.where(isinf(ctx, x), ctx.scalar(float("nan"), dt), y)  # as torch
 
 
 @register_lowering("leaky_relu")
