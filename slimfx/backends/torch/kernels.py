@@ -41,30 +41,49 @@ def _act(y: torch.Tensor, act_min: float | None, act_max: float | None) -> torch
     return torch.clamp(y, act_min, act_max)
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _wide(fn: Callable[..., torch.Tensor], *ts: torch.Tensor | None) -> torch.Tensor:
+    """``fn(*ts)``; for fp16/bf16 operands computed in fp32 and rounded once (DESIGN.md §4).
+
+    torch's own 16-bit CPU kernels differ by host (oneDNN on AMX hosts rounds partial
+    sums to bf16: a tiny wav2vec2 in bf16 is 33% off fp32 there, 0.8% elsewhere); the
+    reference, and the TVM lowerings, accumulate in fp32 on every host.
+    """
+    x = ts[0]
+    if x.dtype not in _HALF:
+        return fn(*ts)
+    return fn(*(t.float() if t is not None else None for t in ts)).to(x.dtype)
+
+
 @register_kernel("conv1d")
 def _conv1d(x, w, b=None, *, stride, padding, dilation, groups, act_min, act_max):
-    return _act(F.conv1d(x, w, b, stride, padding, dilation, groups), act_min, act_max)
+    y = _wide(lambda x, w, b: F.conv1d(x, w, b, stride, padding, dilation, groups), x, w, b)
+    return _act(y, act_min, act_max)
 
 
 @register_kernel("conv2d")
 def _conv2d(x, w, b=None, *, stride, padding, dilation, groups, act_min, act_max):
-    return _act(F.conv2d(x, w, b, stride, padding, dilation, groups), act_min, act_max)
+    y = _wide(lambda x, w, b: F.conv2d(x, w, b, stride, padding, dilation, groups), x, w, b)
+    return _act(y, act_min, act_max)
 
 
 @register_kernel("conv_transpose2d")
 def _conv_t2d(x, w, b=None, *, stride, padding, output_padding, dilation, groups, act_min, act_max):
-    y = F.conv_transpose2d(x, w, b, stride, padding, output_padding, groups, dilation)
+    y = _wide(lambda x, w, b: F.conv_transpose2d(x, w, b, stride, padding, output_padding,
+                                                 groups, dilation), x, w, b)
     return _act(y, act_min, act_max)
 
 
 @register_kernel("linear")
 def _linear(x, w, b=None, *, act_min, act_max):
-    return _act(F.linear(x, w, b), act_min, act_max)
+    return _act(_wide(F.linear, x, w, b), act_min, act_max)
 
 
 @register_kernel("matmul")
 def _matmul(a, b):
-    return torch.matmul(a, b)
+    return _wide(torch.matmul, a, b)
 
 
 @register_kernel("batch_norm")
