@@ -203,8 +203,9 @@ def _qconv_requantize(ctx: LowerContext, node: Node, rq: Node, x: Expr, w: Expr,
                                  requant=requant)
 
 
-register_fusion("qconv1d", "requantize")(_qconv_requantize)
-register_fusion("qconv2d", "requantize")(_qconv_requantize)
+_qconv_requantize_any = int4_weights(_qconv_requantize)  # 4-bit weights: stored packed
+register_fusion("qconv1d", "requantize")(_qconv_requantize_any)
+register_fusion("qconv2d", "requantize")(_qconv_requantize_any)
 
 
 def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,

@@ -152,7 +152,7 @@ class QuantReport:
         lines.append(f"{'outputs (int8 program)':<{width}}  {'':<20}  "
                      f"{self.output_sqnr:>8.2f}  {self.output_max_abs_error:>12.5g}")
         fb, ib = self.float_bytes, self.int8_bytes
-        lines.append(f"model size: float {fb:,} B, int8 {ib:,} B ({fb / max(ib, 1):.2f}x "
+        lines.append(f"model size: float {fb:,} B, quantized {ib:,} B ({fb / max(ib, 1):.2f}x "
                      "smaller)")
         lines.append(format_islands(list(self.islands)))
         return "\n".join(lines)

@@ -238,4 +238,8 @@ def test_w4a8_compiles_bit_exact_and_stores_packed(ptq, tmp_path):
     assert sum(a.nbytes for a in constants(q8)) - sum(a.nbytes for a in constants(q4)) >= (
         w8 - sum(packed))
     int8_in_4 = [a.shape for a in constants(q4) if a.dtype == np.int8 and a.size > 1]
-    assert not int8_in_4 and sum(packed) <= 0.6 * w8  # no unpacked copy of the weights
+    # no unpacked copy of the weights; about half the bytes of the int8 program's weights in
+    # the same kernel layouts (which may pad channels to the kernel's block of 16)
+    w8_layout = sum(a.nbytes for a in constants(q8) if a.dtype in (np.int8, np.int16)
+                    and a.size >= 16)
+    assert not int8_in_4 and sum(packed) <= 0.6 * w8_layout
