@@ -13,6 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from slimfx.errors import PassError
 from slimfx.ir import Graph, TensorType, Value
 from slimfx.passes import Pipeline
 from tests.passes.pass_helpers import roundtrip, run_graph
@@ -128,7 +129,11 @@ def test_fold_bn_idempotent_alone(g: Graph) -> None:
 @given(graphs(symbolic=True), st.sampled_from(PASSES + ["cleanup,fold-bn,fuse-activation,cleanup",
                                                        "prune-magnitude{sparsity=0.5}"]))
 def test_passes_keep_a_symbolic_batch(g: Graph, name: str) -> None:
-    out = Pipeline(name)(g)
+    try:
+        out = Pipeline(name)(g)
+    except PassError as e:  # a graph without conv/linear: the named error, nothing else
+        assert "prune" in name and "no weight to prune" in str(e), e
+        return
     out.verify()
     roundtrip(out)
     assert out.symbols == g.symbols and str(out.inputs[0].type).startswith("f32[N,")
