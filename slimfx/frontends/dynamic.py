@@ -181,6 +181,9 @@ def violation_error(e: BaseException, export: Any) -> TraceError:
     loc = f" at {where}" if where else ""
     reason = ("; ".join(reasons[:3]) or text.splitlines()[0]).rstrip(".")
     fix = f" (torch suggests: {', '.join(fixes[:4])})" if fixes else ""
+    if re.search(r"specialized it to be a constant \(1\)", text):
+        fix += (". torch.export specialises a size of 1 in the example inputs: trace with an "
+                "example of size 2 or more in that dim (the range may still start at 1)")
     return TraceError(f"dynamic_shapes: the spec marks {dims} as dynamic but the model fixes "
                       f"it{loc}: {reason}{fix}. Declare that dim static (Dim.STATIC or leave "
                       "it out of the spec), let torch decide (Dim.AUTO), or change the model "
