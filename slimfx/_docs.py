@@ -15,11 +15,9 @@ as inline code). The output is deterministic: it depends only on the code.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import inspect
 import re
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -298,31 +296,23 @@ def stale_pages(out: Path) -> list[str]:
     return sorted(bad + extra)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: write the pages, or ``--check`` them."""
-    ap = argparse.ArgumentParser(prog="python -m slimfx._docs", description=__doc__.split(
-        "\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory of the pages "
-                    "(default: docs/api of the repository)")
-    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page is "
-                    "out of date")
-    args = ap.parse_args(argv)
-    if args.check:
-        stale = stale_pages(args.out)
-        if stale:
-            print(f"out of date in {args.out}: {', '.join(stale)}; run python -m slimfx._docs",
-                  file=sys.stderr)
-            return 1
-        return 0
-    args.out.mkdir(parents=True, exist_ok=True)
+def write_pages(out: Path) -> int:
+    """Writes the pages into ``out`` (removing pages of names no longer public); their count."""
+    out.mkdir(parents=True, exist_ok=True)
     pages = generate()
-    for old in args.out.glob("*.md"):
+    for old in out.glob("*.md"):
         if old.name not in pages:
             old.unlink()
     for fname, text in pages.items():
-        (args.out / fname).write_text(text)
-    print(f"wrote {len(pages)} pages to {args.out}")
-    return 0
+        (out / fname).write_text(text)
+    return len(pages)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line (``python -m slimfx._docs``, :mod:`slimfx._cli.cmd_docs`)."""
+    from slimfx._cli.cmd_docs import main as run
+
+    return run(argv)
 
 
 if __name__ == "__main__":

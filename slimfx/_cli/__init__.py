@@ -6,7 +6,8 @@
 - :mod:`.arrays`: ``.npy`` / ``.npz`` / ``.safetensors`` input and output arrays;
 - :mod:`.common`: progress bars and small shared helpers;
 - one module per group of commands: :mod:`.cmd_inspect`, :mod:`.cmd_compress` (quantize,
-  prune, report), :mod:`.cmd_deploy` (compile, run), :mod:`.cmd_bench`.
+  prune, report), :mod:`.cmd_deploy` (compile, run), :mod:`.cmd_bench`;
+- :mod:`.cmd_docs`: the command line of ``python -m slimfx._docs`` (the API pages).
 
 Each command module has ``add_parsers(sub, common)``, which adds its subcommands and sets
 ``run`` (a function of the parsed arguments returning the exit status) on each. Nothing
