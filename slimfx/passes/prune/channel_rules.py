@@ -42,8 +42,10 @@ class ParamSlice:
 class Builder:
     """Mutable state of one analysis run."""
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, *, norms: bool = False) -> None:
         self.graph = graph
+        self.norms = norms  # prune channels that a layer / RMS norm normalizes over
+        self.norm_atoms: list[int] = []  # atoms normalized by such a norm (hidden streams)
         self.parent: list[int] = []
         self.dims: dict[str, ChannelDim] = {}
         self.slices: list[ParamSlice] = []
@@ -246,9 +248,21 @@ def _layer_norm(b: Builder, node: Node) -> None:
     xd = b.dim(x)
     if xd is None:
         return
-    if xd.axis >= x.type.rank - len(node.attrs["normalized_shape"]):
-        b.block(node, x, f"{node.op.name} normalizes over the channels; pruning would change "
-                         "its statistics")
+    ndims = len(node.attrs["normalized_shape"])
+    if xd.axis >= x.type.rank - ndims:
+        if not b.norms:
+            why = (f"{node.op.name} normalizes over the channels; pruning would change its "
+                   "statistics (hidden=True prunes them anyway, approximately)")
+        elif ndims != 1:
+            why = f"{node.op.name} normalizes over {ndims} axes; only one can be pruned"
+        else:
+            why = b.owned(node, node.inputs[1:])
+        if why:
+            b.block(node, x, why)
+        else:  # hidden=True: weight and bias follow; mean / variance change (approximate)
+            b.slice(node, _opt(node, 1), 0, x, "ln.weight")
+            b.slice(node, _opt(node, 2), 0, x, "ln.bias")
+            b.norm_atoms.extend(xd.atoms)
     b.passthrough(node, x, out)  # blocked or not, the residual stream stays one group
 
 

@@ -24,6 +24,18 @@ every tracked value an *atom* id; coupled positions are merged with union-find:
   norm over the channels, reductions or softmax over them, unknown reshapes,
   shared weights) *blocks* their atoms, and the reason is kept for the table.
 
+With ``hidden=True`` the hidden (residual-stream) dimension of transformers
+becomes one prunable group: a ``layer_norm`` / ``rms_norm`` over the channels
+(one normalized axis) slices its weight and bias instead of blocking, and a graph
+output on the last axis of a *stream* (its channels pass through such a norm, or
+are merged from two or more layers by residual adds) is kept at its full width:
+the pruned graph scatters the kept channels back and outputs zeros at the pruned
+positions (:attr:`ChannelDeps.filled`). This is **approximate** where a norm sees
+pruned channels: the mean and variance are then taken over the kept channels only,
+so even channels that are exactly zero change the statistics (``(x - mean) / std``
+over ``H'`` instead of ``H`` positions); fine-tune afterwards. Streams without a
+norm stay exact.
+
 A :class:`ChannelDeps` holds the result: per-value atom lists, the constant
 slices to apply, the groups (components of atoms linked through their source
 layers) and the exclusion reasons. It is recomputed whenever the graph changes.
@@ -80,6 +92,8 @@ class ChannelDeps:
     groups: list[ChannelGroup]
     blocked: dict[int, str]
     group_of: dict[int, int] = field(default_factory=dict)
+    filled: tuple[str, ...] = ()
+    """Graph outputs (value names) kept at full width with zeros at pruned positions."""
 
     def find(self, atom: int) -> int:
         p = self.parent
@@ -122,18 +136,22 @@ class ChannelDeps:
         return self.table()
 
 
-def analyze_channels(graph: Graph, *, protect: Iterable[str] = ()) -> ChannelDeps:
+def analyze_channels(graph: Graph, *, protect: Iterable[str] = (),
+                     hidden: bool = False) -> ChannelDeps:
     """Computes the channel dependency groups of ``graph``.
 
     Args:
         graph: the graph to analyze (not modified).
         protect: names of nodes (their result names) whose input and output
             channels must be kept.
+        hidden: also prune the hidden (residual-stream) dimension: channels that
+            layer / RMS norms normalize over (approximate, see the module docstring),
+            and graph outputs of streams kept at full width with zeros.
 
     Returns:
         The :class:`ChannelDeps`; ``str()`` of it is a table of the groups.
     """
-    b = Builder(graph)
+    b = Builder(graph, norms=hidden)
     protect = set(protect)
     for node in graph.nodes:
         rule = node_rule(node)
@@ -146,12 +164,31 @@ def analyze_channels(graph: Graph, *, protect: Iterable[str] = ()) -> ChannelDep
         if node.name in protect:
             for v in (*node.inputs, *node.outputs):
                 b.block(node, v, "protected by the user")
+    streams = _stream_roots(b) if hidden else set()
+    filled: list[str] = []
     for v in graph.outputs:
-        b.block(None, v, "graph output")
-    return _finish(b)
+        d = b.dim(v)
+        if (d is not None and d.axis == v.type.rank - 1 and v.name not in filled
+                and v.type.is_float and any(b.find(a) in streams for a in d.atoms)):
+            filled.append(v.name)
+        else:
+            b.block(None, v, "graph output")
+    return _finish(b, tuple(filled))
 
 
-def _finish(b: Builder) -> ChannelDeps:
+def _stream_roots(b: Builder) -> set[int]:
+    """Roots of residual streams: normalized by a norm, or merged from two or more sources."""
+    seen: dict[int, int] = {}
+    streams = {b.find(a) for a in b.norm_atoms}
+    for i, (_, atoms) in enumerate(b.sources):
+        for a in atoms:
+            r = b.find(a)
+            if seen.setdefault(r, i) != i:
+                streams.add(r)
+    return streams
+
+
+def _finish(b: Builder, filled: tuple[str, ...] = ()) -> ChannelDeps:
     blocked: dict[int, str] = {}
     for a, why in b.blocked.items():
         blocked.setdefault(b.find(a), why)
@@ -196,7 +233,7 @@ def _finish(b: Builder) -> ChannelDeps:
                                    excluded, blk))
         for r in roots:
             group_of[r] = gid
-    deps = ChannelDeps(b.dims, b.slices, b.parent, groups, blocked, group_of)
+    deps = ChannelDeps(b.dims, b.slices, b.parent, groups, blocked, group_of, filled)
     log.debug("channel dependency groups:\n%s", deps.table())
     return deps
 

@@ -29,7 +29,8 @@ __all__ = ["Scorer", "get_scorer", "unit_importance", "SCORERS"]
 
 Scorer = Callable[[str, str, torch.Tensor], "torch.Tensor | None"]
 
-_WEIGHT_ROLES = frozenset({"out", "in", "depthwise", "bn.weight", "gn.weight", "embed", "operand"})
+_WEIGHT_ROLES = frozenset({"out", "in", "depthwise", "bn.weight", "gn.weight", "ln.weight", "embed",
+                           "operand"})
 
 
 def _l1(role: str, name: str, m: torch.Tensor) -> torch.Tensor | None:

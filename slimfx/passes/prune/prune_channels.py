@@ -21,6 +21,17 @@ Semantics: the pruned graph computes exactly what the original computes when
 the removed channels are zeroed where they are consumed, i.e. when the input
 columns of the next convolution / linear layer for those channels are zero
 (:func:`mask_channel_plan` builds that graph). Outputs are never pruned.
+
+``hidden=True`` also prunes the hidden (residual-stream) dimension of transformer
+encoders as one group: embeddings, every q/k/v/output projection, LayerNorm
+weights and biases, FFN in/out and the pooler's input. A graph output on such a
+stream keeps its shape: the pruned graph ends it with a 0/1 ``linear`` (``H x H'``
+weights, exact) that puts the kept channels back at their positions and zeros at
+the pruned ones; the masked graph zeroes those positions too. Where a layer / RMS
+norm normalizes over pruned channels the result is **not** exact: the norm's mean
+and variance are taken over the ``H'`` kept channels instead of all ``H`` (even
+channels that are exactly zero shift them), so fine-tune the pruned model
+(:func:`~slimfx.passes.prune.finetune.finetune`); a stream without norms stays exact.
 """
 
 from __future__ import annotations
@@ -118,7 +129,7 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
                          scope: Literal["global", "uniform"] = "global",
                          round_to: int = DEFAULT_ROUND_TO,
                          protect: Sequence[str] | str = (),
-                         deps: ChannelDeps | None = None) -> ChannelPlan:
+                         deps: ChannelDeps | None = None, hidden: bool = False) -> ChannelPlan:
     """Chooses the units to remove; see the module docstring.
 
     Raises:
@@ -131,7 +142,7 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
     scorer = get_scorer(importance)
     protect = _check_names(graph, protect)
     if deps is None or protect:
-        deps = analyze_channels(graph, protect=protect)
+        deps = analyze_channels(graph, protect=protect, hidden=hidden)
     groups = deps.prunable_groups
     if not groups:
         reasons = sorted({g.excluded for g in deps.groups if g.excluded})[:5]
@@ -224,7 +235,25 @@ def apply_channel_plan(graph: Graph, plan: ChannelPlan) -> Graph:
             types = node.op.infer([v.type for v in node.inputs], node.attrs)
             for o, t in zip(node.outputs, types, strict=True):
                 o.type = t
+    _fill_outputs(g, deps, pruned)
     return g
+
+
+def _fill_outputs(g: Graph, deps: ChannelDeps, pruned: frozenset[int]) -> None:
+    """Graph outputs of pruned streams back at full width: ``y = x @ P.T`` with 0/1 ``P``."""
+    for name in deps.filled:
+        keep = deps.kept_positions(name, pruned)
+        if keep is None:
+            continue
+        full = len(deps.dims[name].atoms)
+        for i, v in enumerate(g.outputs):
+            if v.name != name:
+                continue
+            p = torch.zeros(full, len(keep), dtype=v.type.torch_dtype)
+            p[torch.tensor(keep), torch.arange(len(keep))] = 1.0
+            w = g.add_constant(p, f"{name}.unprune")
+            g.outputs[i] = g.add("linear", [v, w], name=f"{name}.unprune")
+            break
 
 
 def _fix_attrs(node: Node, deps: ChannelDeps, pruned: frozenset[int]) -> None:
@@ -242,6 +271,11 @@ def _fix_attrs(node: Node, deps: ChannelDeps, pruned: frozenset[int]) -> None:
         if n is not None:
             per = out.type.shape[1] // node.attrs["num_groups"]
             node.set_attrs(num_groups=n // per)
+    elif op in ("layer_norm", "rms_norm"):
+        d, n = deps.dims.get(out.name), size(out.name)
+        ns = list(node.attrs["normalized_shape"])
+        if d is not None and n is not None and len(ns) == 1 and d.axis == out.type.rank - 1:
+            node.set_attrs(normalized_shape=[n])
     elif op in ("reshape", "expand"):
         d, n = deps.dims.get(out.name), size(out.name)
         if d is not None and n is not None:
@@ -283,12 +317,24 @@ def mask_channel_plan(graph: Graph, plan: ChannelPlan) -> Graph:
         t = v.const.clone()
         t.index_fill_(s.axis, torch.tensor(drop, dtype=torch.long), 0.0)
         v.const = t
+    for name in plan.deps.filled:  # outputs kept at full width read zeros where pruned
+        keep = plan.deps.kept_positions(name, plan.pruned)
+        if keep is None:
+            continue
+        for i, v in enumerate(g.outputs):
+            if v.name == name:
+                m = torch.zeros(v.type.shape[-1], dtype=v.type.torch_dtype)
+                m[torch.tensor(keep)] = 1.0
+                g.outputs[i] = g.add("mul", [v, g.add_constant(m, f"{name}.mask")],
+                                     name=f"{name}.masked")
+                break
     return g
 
 
 def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer = "l1",
                    scope: Literal["global", "uniform"] = "global",
-                   round_to: int = DEFAULT_ROUND_TO, protect: Sequence[str] | str = ()) -> Graph:
+                   round_to: int = DEFAULT_ROUND_TO, protect: Sequence[str] | str = (),
+                   hidden: bool = False) -> Graph:
     """Removes ``ratio`` of the prunable channels; returns a new, verified graph.
 
     Args:
@@ -301,12 +347,15 @@ def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer
             least this many); 1 (the default) prunes exactly ``ratio``. A group where
             rounding removes less than half of what was asked is logged as a warning.
         protect: node names (or one name) whose input and output channels are kept.
+        hidden: also prune the hidden (residual-stream) dimension of transformers,
+            through layer norms (approximate: their statistics change; fine-tune
+            afterwards) and keeping stream outputs at full width (module docstring).
 
     Raises:
         PruningError: see :func:`plan_channel_pruning`.
     """
     plan = plan_channel_pruning(graph, ratio, importance=importance, scope=scope,
-                                round_to=round_to, protect=protect)
+                                round_to=round_to, protect=protect, hidden=hidden)
     out = apply_channel_plan(graph, plan)
     out.verify()
     return out
@@ -324,6 +373,8 @@ class PruneChannels(Pass):
         round_to: keep a multiple of this many channels per group (default 1: exactly
             ``ratio``; the same default as :func:`prune_channels`).
         protect: node names whose channels are kept.
+        hidden: also prune the transformer hidden dimension through layer norms
+            (approximate; see :func:`prune_channels`).
     """
 
     name = "prune-channels"
@@ -332,6 +383,7 @@ class PruneChannels(Pass):
     scope: Literal["global", "uniform"] = "global"
     round_to: int = DEFAULT_ROUND_TO
     protect: tuple[str, ...] = ()
+    hidden: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -344,11 +396,11 @@ class PruneChannels(Pass):
         from slimfx.passes.prune.dependency import ChannelDependencyAnalysis
 
         deps: ChannelDeps | None = None
-        if not self.protect:
+        if not self.protect and not self.hidden:
             deps = ctx.analysis(graph, ChannelDependencyAnalysis)  # type: ignore[assignment]
         plan = plan_channel_pruning(graph, self.ratio, importance=self.importance,
                                     scope=self.scope, round_to=self.round_to,
-                                    protect=self.protect, deps=deps)
+                                    protect=self.protect, deps=deps, hidden=self.hidden)
         if not plan.pruned:
             return PassResult(graph, False)
         return PassResult(apply_channel_plan(graph, plan), True)
