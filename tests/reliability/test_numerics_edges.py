@@ -312,6 +312,21 @@ def test_non_finite_float_ops_fp16() -> None:
         _close(case, out, ref, exact=case != "linear_relu", tol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_torch_backend_gelu_of_infinities_is_nan_on_every_host(dtype: str) -> None:
+    """torch's own exact gelu of +Inf is NaN or +Inf depending on the CPU (fp16 without
+    AVX512-FP16 gives +Inf); the reference kernel fixes NaN for both infinities (DESIGN 4.1),
+    and every finite value as torch computes it."""
+    dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    x = torch.tensor([INF, -INF, 0.5, -3.0, NAN, 60000.0], dtype=dt)
+    g = Graph("gelu_inf")
+    v = g.add_input("x", TensorType((6,), dtype))
+    g.set_outputs([g.create("gelu", [v], {"approximate": "none"}).output])
+    y = slimfx.to_torch(g)(x)
+    assert torch.isnan(y[:2]).all() and torch.isnan(y[4])
+    assert torch.equal(y[[2, 3, 5]], torch.nn.functional.gelu(x[[2, 3, 5]]))
+
+
 # ------------------------------------------------------------------ quantize
 def _quantize_graph() -> _Builder:
     b = _Builder("quantize_non_finite")

@@ -134,7 +134,13 @@ for _name, _fn in _UNARY.items():
 
 @register_kernel("gelu")
 def _gelu(x, *, approximate):
-    return F.gelu(x, approximate=approximate)
+    y = F.gelu(x, approximate=approximate)
+    if approximate == "none" and x.is_floating_point():
+        # torch's vectorised erf gives NaN at +-inf (fp32, bf16, and fp16 on AVX512-FP16
+        # hosts), but its fp16 kernel elsewhere gives +inf for +inf: the host decides. slimfx
+        # fixes NaN for both infinities on every host and backend (DESIGN 4, non-finite values)
+        y = torch.where(torch.isinf(x), torch.full_like(y, float("nan")), y)
+    return y
 
 
 @register_kernel("leaky_relu")
