@@ -33,7 +33,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from slimfx.errors import QuantizationError
+from slimfx.errors import PipelineError, QuantizationError
 from slimfx.ir.core import Graph, Node, Value
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
@@ -154,6 +154,13 @@ class InsertObservers(Pass):
     weight_bits: int = 8
     exclude: tuple[str, ...] = ()
     exclude_ops: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:  # bad options (weight_bits outside 2..8) fail when the pass is made
+            self.qconfig()
+        except QuantizationError as e:
+            raise PipelineError(f"pass {self.name!r}: {e}") from e
 
     def qconfig(self) -> QConfig:
         """The QConfig these options describe."""

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 import slimfx
-from slimfx.errors import ArtifactError, QuantizationError
+from slimfx.errors import ArtifactError, PipelineError, QuantizationError
 from slimfx.ir.int4 import is_int4, pack_int4, packed_nbytes, unpack_int4
 from slimfx.ir.serialize import load_graph, save_graph
+from slimfx.passes import Pipeline
 from slimfx.passes.quant import QConfig
 from slimfx.passes.quant.report import constant_bytes
 
@@ -85,6 +86,12 @@ def test_preset_weight_bits():
     for bad in (1, 9, True, 4.0):
         with pytest.raises(QuantizationError, match="weight_bits.*2 to 8"):
             QConfig.preset("x86", weight_bits=bad)
+    # the pipeline option is checked when the pipeline is parsed, with a caret at the pass
+    assert Pipeline("insert-observers{weight_bits=4}").passes[0].qconfig() == W4A8
+    for bad in (1, 9):
+        with pytest.raises(PipelineError, match=r"position 9: pass 'insert-observers': "
+                           rf"QConfig.preset: weight_bits={bad} .*2 to 8.*\n.*\n {{11}}\^$"):
+            Pipeline(f"ptq-int8,insert-observers{{weight_bits={bad}}}")
 
 
 # --------------------------------------------------------------------------- PTQ
