@@ -112,11 +112,15 @@ class ArmJob:
         lib: Path of the aarch64 ``.so``.
         inputs: Positional arguments of the entry function.
         entry: Name of the Relax function to call.
+        load_fn: The library's load-time weights function (see
+            :mod:`slimfx.backends.tvm.lower`), if it has one: called once when the library
+            is loaded, its results passed after ``inputs``.
     """
 
     lib: Path
     inputs: tuple[np.ndarray, ...]
     entry: str = "main"
+    load_fn: str | None = None
 
 
 def _ordered_inputs(
@@ -166,8 +170,8 @@ def run_arm(
         lib_path: The ``.so`` from :func:`export_arm_library`.
         inputs: Arrays (numpy, torch or TVM tensors) in the entry function's
             order, or a mapping by input name (ordered by ``meta["inputs"]``).
-        meta: Optional artifact metadata; reads ``entry`` (default ``"main"``)
-            and ``inputs`` (a list of names or of ``{"name": ...}``).
+        meta: Optional artifact metadata; reads ``entry`` (default ``"main"``),
+            ``inputs`` (a list of names or of ``{"name": ...}``) and ``load_fn``.
         env: The qemu environment; found with :func:`find_env` when omitted.
         timeout: Seconds before the qemu process is killed.
 
@@ -179,7 +183,9 @@ def run_arm(
         RuntimeInputError: A named input is missing.
     """
     entry = str((meta or {}).get("entry", "main"))
-    job = ArmJob(Path(lib_path), _ordered_inputs(inputs, meta), entry)
+    load_fn = (meta or {}).get("load_fn")
+    job = ArmJob(Path(lib_path), _ordered_inputs(inputs, meta), entry,
+                 None if load_fn is None else str(load_fn))
     return run_arm_batch([job], env=env, timeout=timeout)[0]
 
 
@@ -221,7 +227,8 @@ def run_arm_batch(
                 np.save(p, array, allow_pickle=False)
                 paths.append(str(p))
             spec.append({"lib": str(Path(job.lib).resolve()), "entry": job.entry,
-                         "inputs": paths, "out_dir": str(Path(tmp, f"job{j}_out"))})
+                         "load_fn": job.load_fn, "inputs": paths,
+                         "out_dir": str(Path(tmp, f"job{j}_out"))})
         jobs_file = Path(tmp, "jobs.json")
         jobs_file.write_text(json.dumps(spec))
         _run_qemu(env, jobs_file, timeout)
@@ -257,16 +264,8 @@ def _run_native(job: ArmJob) -> list[np.ndarray]:
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
+    from slimfx.backends.tvm.compiled import _flatten, _tensors
+
     vm = VirtualMachine(tvm.runtime.load_module(str(job.lib)), tvm.cpu())
-    result = vm[job.entry](*[tvm.runtime.tensor(a) for a in job.inputs])
-    flat: list[np.ndarray] = []
-    _flatten(result, flat)
-    return flat
-
-
-def _flatten(value: Any, out: list[np.ndarray]) -> None:
-    if hasattr(value, "numpy"):
-        out.append(value.numpy())
-    else:
-        for item in value:
-            _flatten(item, out)
+    weights = [] if job.load_fn is None else _tensors(vm[job.load_fn]())
+    return _flatten(vm[job.entry](*[tvm.runtime.tensor(a) for a in job.inputs], *weights))

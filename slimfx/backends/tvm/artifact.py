@@ -10,13 +10,15 @@ suffix such as ``.slim`` or ``.tar``)::
                   "target_features": ["avx2", ...], "library": "model.so",
                   "library_sha256": "...",
                   "symbols": {"N": [1, 64], "S": [1, null]}, "batch": "N",
-                  "batch_buckets": {"8": "main_b8"}}
+                  "batch_buckets": {"8": "main_b8"}, "load_fn": "slimfx_load_weights"}
 
 A symbolic dimension of a signature is its text (``"shape": ["N", 3, 32, 32]``);
 ``symbols`` declares every symbol with its range (``null``: no upper bound) and ``batch``
 names the batch symbol whose samples run one at a time (see :mod:`.specialize`), and
 ``batch_buckets`` the library functions compiled for chunks of that many samples. Artifacts
-written before symbols existed have neither field and load as static models.
+written before symbols existed have neither field and load as static models. ``load_fn``
+(only when the model has load-time weights, e.g. 4-bit ones: see :mod:`.lower`) names the
+library function that computes them; its results follow the inputs in every call.
 
 **A ``.slim`` holds native code.** Loading one runs that code in this process, exactly like
 importing a shared library or a Python extension module: load only artifacts from a source
@@ -161,6 +163,8 @@ def save(compiled: Compiled, path: str | os.PathLike[str]) -> Path:
             meta["batch"] = compiled.batch
             if compiled.buckets:
                 meta["batch_buckets"] = {str(k): v for k, v in compiled.buckets.items()}
+        if compiled.load_fn is not None:
+            meta["load_fn"] = compiled.load_fn
         text = json.dumps(meta, indent=2, sort_keys=True)
         try:
             if path.suffix:
@@ -391,20 +395,30 @@ def _check_library(compiled: Compiled, lib: Any, where: Path) -> None:
         raise ArtifactError(f"{where}: the library has no Relax function "
                             f"{compiled.entry!r} ({e}); the metadata does not match it") from e
     names = [s.name for s in compiled.inputs]
-    # the lowering names each parameter after its graph input ("." becomes "_")
-    if arity != len(names) or [re.sub(r"\W", "_", p) for p in params] != [
-            re.sub(r"\W", "_", n) for n in names]:
+    # the lowering names each parameter after its graph input ("." becomes "_"), then the
+    # load-time weights slimfx_w0, slimfx_w1, ... (only with a load_fn)
+    extra = params[len(names):]
+    if (arity < len(names) or [re.sub(r"\W", "_", p) for p in params[:len(names)]] != [
+            re.sub(r"\W", "_", n) for n in names]
+            or extra != [f"slimfx_w{i}" for i in range(len(extra))]
+            or bool(extra) != (compiled.load_fn is not None)):
+        weights = f" and the results of {compiled.load_fn!r}" if compiled.load_fn else ""
         raise ArtifactError(f"{where}: the library's {compiled.entry!r} takes "
                             f"{arity} input(s) ({', '.join(params)}), the metadata declares "
-                            f"{len(names)} ({', '.join(names)}); the artifact is corrupt or "
-                            "was modified")
+                            f"{len(names)} ({', '.join(names)}){weights}; the artifact is "
+                            "corrupt or was modified")
     sizes = {k: max(r.min, 1) for k, r in compiled.symbols.items()}
     args = [np.ones([eval_dim(d, sizes) for d in s.type.shape], dtype=_numpy_dtype(s.type.dtype))
             for s in compiled.inputs]
     try:
-        vm = compiled._ensure_vm()
+        vm = compiled._ensure_vm()  # calls the load_fn
+        if len(compiled._weights or ()) != len(extra):
+            raise ArtifactError(f"{where}: the library's {compiled.load_fn!r} returns "
+                                f"{len(compiled._weights or ())} tensor(s), its "
+                                f"{compiled.entry!r} takes {len(extra)}; the artifact is "
+                                "corrupt or was modified")
         fn, first = compiled._samples(args)[0]
-        outs = _flatten(vm[fn](*compiled._to_device(first)))
+        outs = _flatten(vm[fn](*compiled._device_args(first)))
         for name in compiled.buckets.values():  # every bucket function is in the library
             if int(vm_exec["get_function_arity"](name)) != arity:
                 raise ArtifactError(f"{where}: the library's bucket function {name!r} does "
@@ -498,6 +512,10 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
         entry = meta.get("entry", "main")
         if not isinstance(entry, str):
             raise ArtifactError(f"{path}: bad entry {entry!r}")
+        load_fn = meta.get("load_fn")
+        if not (load_fn is None or isinstance(load_fn, str)):
+            raise ArtifactError(f"{path}: bad load_fn {load_fn!r} in metadata; the artifact is "
+                                "corrupt")
         import tvm
 
         try:
@@ -506,7 +524,7 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
             raise ArtifactError(f"{path}: TVM cannot load the library: {e}") from e
         try:
             compiled = Compiled(lib, inputs, outputs, meta["target"], entry=entry,
-                                symbols=symbols, batch=batch, buckets=buckets)
+                                symbols=symbols, batch=batch, buckets=buckets, load_fn=load_fn)
         except ValueError as e:
             raise ArtifactError(f"{path}: the signature does not fit its symbols ({e}); the "
                                 "artifact is corrupt") from e

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from slimfx.backends.tvm.compiled import Compiled, TensorSpec
-from slimfx.backends.tvm.lower import lower_graph
+from slimfx.backends.tvm.lower import LOAD_FN, lower_graph
 from slimfx.backends.tvm.native_log import native_log_to_logging
 from slimfx.backends.tvm.targets import resolve_target
 from slimfx.errors import SlimfxError
@@ -120,6 +120,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     tvm_target = tvm.target.Target(spec)
     with tvm_target:  # lowerings may specialise for the target (int8 conv: VNNI on x86)
         mod = lower_graph(graph, more=more)
+    load_fn = LOAD_FN if any(gv.name_hint == LOAD_FN for gv in mod.get_global_vars()) else None
     db_dir = Path(tuning_db) if tuning_db is not None else tuning.default_db_dir()
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
@@ -144,7 +145,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     except Exception as e:  # TVM raises TVMError/InternalError/ValueError from deep inside
         raise SlimfxError(f"TVM failed to build graph {graph.name!r} for {spec}: {e}") from e
     return Compiled(None, inputs, outputs, spec, executable=ex, symbols=symbols, batch=batch,
-                    buckets=buckets)
+                    buckets=buckets, load_fn=load_fn)
 
 
 def _buckets(graph: Graph, batch: str | None, symbols: Mapping[str, SymbolRange],

@@ -138,12 +138,16 @@ class Compiled:
         buckets: batch size -> the library function compiled for that many samples
             (``compile(..., batch_buckets=)``); a batch runs as chunks of the largest that
             fits, the rest one sample at a time.
+        load_fn: the library function computing the load-time weights (4-bit weights,
+            unpacked; see :mod:`.lower`), called once, on the first call of the model; its
+            results follow the inputs in every call of an entry function. ``None``: none.
     """
 
     def __init__(self, library: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                  target: Mapping[str, Any], *, executable: Any = None,
                  entry: str = "main", symbols: Mapping[str, SymbolRange] | None = None,
-                 batch: str | None = None, buckets: Mapping[int, str] | None = None) -> None:
+                 batch: str | None = None, buckets: Mapping[int, str] | None = None,
+                 load_fn: str | None = None) -> None:
         self._library = library  # a tvm.runtime.Module (loaded) or None (only the executable)
         self._executable = executable  # relax.Executable when freshly compiled
         self.inputs = tuple(inputs)
@@ -153,11 +157,13 @@ class Compiled:
         self.symbols = dict(symbols or {})
         self.batch = batch
         self.buckets = dict(sorted((buckets or {}).items(), reverse=True))
+        self.load_fn = load_fn
         self._check_symbols()
         # which inputs carry the batch dim (the others go whole to every per-sample call)
         self._batched = tuple(_is_batch_dim(s.type, batch) for s in self.inputs)
         self._device: Any = None
         self._runtime: Any = None  # the runnable module shared by the per-thread VMs
+        self._weights: list[Any] | None = None  # results of load_fn, shared by the VMs
         self._local = threading.local()  # .vm: this thread's VirtualMachine
         self._lock = threading.Lock()
         self.target_features: list[str] | None = None  # recorded in the artifact, if any
@@ -239,8 +245,17 @@ class Compiled:
             from tvm import relax
 
             vm = relax.VirtualMachine(self._runtime, self._device)
+            if self._weights is None:
+                # the load-time weights, once for all threads (a VM's results outlive it)
+                self._weights = [] if self.load_fn is None else _tensors(vm[self.load_fn]())
         self._local.vm = vm
         return vm
+
+    def _device_args(self, arrays: Sequence[np.ndarray]) -> list[Any]:
+        """The arguments of an entry function: the inputs on the device, then the load-time
+        weights (call :meth:`_ensure_vm` first)."""
+        assert self._weights is not None, "_ensure_vm() computes the load-time weights"
+        return [*self._to_device(arrays), *self._weights]
 
     def _start(self) -> Any:
         """Checks that this host can run the model and returns the runnable module."""
@@ -303,7 +318,7 @@ class Compiled:
             results = self._run_under_qemu(calls)
         else:
             vm = self._ensure_vm()
-            results = [_flatten(vm[fn](*self._to_device(args))) for fn, args in calls]
+            results = [_flatten(vm[fn](*self._device_args(args))) for fn, args in calls]
         if len(results) == 1:
             return results[0]
         if not results:  # a batch of 0 samples: empty outputs of the signature's shapes
@@ -367,7 +382,7 @@ class Compiled:
                 self._arm_lib = export_arm_library(self._executable,
                                                    Path(self._arm_dir.name) / "model.so")
         lib = self._arm_lib
-        return run_arm_batch([ArmJob(lib, tuple(c), fn) for fn, c in calls])
+        return run_arm_batch([ArmJob(lib, tuple(c), fn, self.load_fn) for fn, c in calls])
 
     def benchmark(self, *args: Any, repeat: int = 10, number: int = 10,
                   warmup: int = 2) -> BenchmarkResult:
@@ -388,7 +403,7 @@ class Compiled:
             args = self._random_inputs()
         arrays, _ = self._check(args)
         vm = self._ensure_vm()
-        calls = [(vm[fn], self._to_device(c)) for fn, c in self._samples(arrays)]
+        calls = [(vm[fn], self._device_args(c)) for fn, c in self._samples(arrays)]
 
         def once() -> None:
             for fn, dev_args in calls:
@@ -448,7 +463,7 @@ class Compiled:
                               "under qemu cannot be profiled (its timings mean nothing)")
         vm = self._ensure_vm()
         fn, arrays = self._samples(arrays)[0]  # with a batch symbol: the first call only
-        return profile_vm(vm, fn, self._to_device(arrays), self._device,
+        return profile_vm(vm, fn, self._device_args(arrays), self._device,
                           repeat=repeat, warmup=warmup)
 
     # ----------------------------------------------------------------- saving
@@ -573,13 +588,15 @@ def _to_torch(a: np.ndarray) -> Any:
     return torch.from_numpy(a)
 
 
-def _flatten(result: Any) -> list[np.ndarray]:
+def _tensors(result: Any) -> list[Any]:
+    """The tensors of a VM result (nested tuples flattened depth first), left on the device."""
     if hasattr(result, "numpy"):
-        return [result.numpy()]
-    out: list[np.ndarray] = []
-    for item in result:
-        out.extend(_flatten(item))
-    return out
+        return [result]
+    return [t for r in result for t in _tensors(r)]
+
+
+def _flatten(result: Any) -> list[np.ndarray]:
+    return [t.numpy() for t in _tensors(result)]
 
 
 def _random_input(t: TensorType, rng: np.random.Generator) -> np.ndarray:

@@ -24,12 +24,21 @@ refuses a symbolic one with a :class:`LoweringError` naming the node;
 constants become Relax constants, so TVM can fold and pre-pack weights; a
 graph with several outputs returns a tuple. Every node without a lowering
 (opaque nodes included) is reported at once in one :class:`LoweringError`.
+
+**Load-time weights** (:meth:`LowerContext.load_time`): a lowering may ask for a tensor
+computed once, when the compiled model is loaded, instead of on every call (4-bit weights:
+stored packed, unpacked once; :mod:`.lower_int4`). The module then has one more Relax
+function, :data:`LOAD_FN`, without parameters, that computes them all and returns them as
+a tuple; every entry function (``main``, the batch buckets) takes them, in that order,
+as parameters after the graph inputs. The runtime (:class:`.compiled.Compiled`, the
+aarch64 runner) calls :data:`LOAD_FN` once per loaded library and passes its results to
+every call. Equal requests (same key) from several functions share one tensor.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,12 +49,14 @@ from tvm import relax
 from slimfx.errors import LoweringError
 from slimfx.ir.core import Graph, Node, Value
 
-__all__ = ["LowerContext", "register_lowering", "register_fusion", "has_lowering", "lower_graph",
-           "to_tvm_dtype"]
+__all__ = ["LOAD_FN", "LowerContext", "register_lowering", "register_fusion", "has_lowering",
+           "lower_graph", "to_tvm_dtype"]
 
 logger = logging.getLogger(__name__)
 
 Lowering = Callable[..., Any]
+LoadBuilder = Callable[[relax.BlockBuilder], relax.Expr]
+LOAD_FN = "slimfx_load_weights"  # computes the load-time weights (module docstring)
 _LOWERINGS: dict[str, Lowering] = {}
 _FUSIONS: dict[tuple[str, str], Lowering] = {}
 
@@ -110,14 +121,30 @@ def has_lowering(op: str) -> bool:
     return op in _LOWERINGS
 
 
+class _LoadTime:
+    """The load-time weights requested while lowering one module (module docstring)."""
+
+    __slots__ = ("types", "builders")
+
+    def __init__(self) -> None:
+        self.types: dict[Hashable, relax.TensorType] = {}  # key -> type, in request order
+        self.builders: dict[Hashable, LoadBuilder] = {}
+
+    def param(self, key: Hashable) -> relax.Var:
+        """A fresh parameter of an entry function for the weight ``key``."""
+        return relax.Var(f"slimfx_w{list(self.types).index(key)}", self.types[key])
+
+
 class LowerContext:
     """What a lowering function may use: the block builder and constant helpers."""
 
-    __slots__ = ("bb", "_static", "_vars")
+    __slots__ = ("bb", "_static", "_vars", "_load", "_params")
 
-    def __init__(self, bb: relax.BlockBuilder) -> None:
+    def __init__(self, bb: relax.BlockBuilder, load: _LoadTime | None = None) -> None:
         self.bb = bb
         self._vars: dict[str, tvm.tirx.Var] = {}  # symbol name -> its TIR variable
+        self._load = load if load is not None else _LoadTime()  # shared by the module
+        self._params: dict[Hashable, relax.Var] = {}  # this function's load-time weights
         # is_static answers, keyed by the Relax expression itself (TVM objects hash and
         # compare by identity of the underlying node, whatever Python wrapper holds them).
         self._static: dict[Any, bool] = {}
@@ -191,6 +218,28 @@ class LowerContext:
     def emit(self, expr: relax.Expr) -> relax.Var:
         """Emits ``expr`` into the current dataflow block and returns its variable."""
         return self.bb.emit(expr)
+
+    def load_time(self, key: Hashable, ty: relax.TensorType, build: LoadBuilder) -> relax.Var:
+        """A tensor of type ``ty`` computed once, when the model is loaded (module docstring).
+
+        Args:
+            key: names the tensor: requests with equal keys (from any function of the
+                module) get the same tensor, built by the first request's ``build``.
+            ty: its Relax type (static shape).
+            build: ``build(bb)`` emits the computation into the dataflow block of
+                :data:`LOAD_FN` and returns the tensor's expression; it may use constants
+                only (there are no inputs at load time).
+
+        Returns:
+            The variable to use in this function: one of its parameters.
+        """
+        var = self._params.get(key)
+        if var is None:
+            if key not in self._load.types:
+                self._load.types[key] = ty
+                self._load.builders[key] = build
+            var = self._params[key] = self._load.param(key)
+        return var
 
     def const(self, array: Any, dtype: str) -> relax.Expr:
         """A Relax constant from a numpy array / scalar; ``dtype`` is a TVM dtype string."""
@@ -323,9 +372,32 @@ def lower_graph(graph: Graph, func_name: str = "main", *,
     """
     _ensure_builtin()
     bb = relax.BlockBuilder()
+    load = _LoadTime()
+    used: dict[str, dict[Hashable, relax.Var]] = {}
     for g, name in [(graph, func_name), *more]:
         _check_lowerable(g)
-        _lower_function(bb, g, name)
+        used[name] = _lower_function(bb, g, name, load)
+    mod = bb.get()
+    return _add_load_fn(mod, used, load) if load.types else mod
+
+
+def _add_load_fn(mod: tvm.IRModule, used: dict[str, dict[Hashable, relax.Var]],
+                 load: _LoadTime) -> tvm.IRModule:
+    """Every entry function takes every load-time weight (in request order) after its
+    inputs, and :data:`LOAD_FN` computes them (module docstring)."""
+    for name, params in used.items():
+        gv = mod.get_global_var(name)
+        f = mod[gv]
+        inputs = list(f.params)[:len(f.params) - len(params)]
+        extra = [params[k] if k in params else load.param(k) for k in load.types]
+        mod.update_func(gv, relax.Function([*inputs, *extra], f.body, f.ret_ty,
+                                           f.is_pure, f.attrs, f.span))
+    bb = relax.BlockBuilder(mod)
+    with bb.function(LOAD_FN, []):
+        with bb.dataflow():
+            outs = [load.builders[k](bb) for k in load.types]
+            gv = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(gv)
     return bb.get()
 
 
@@ -348,14 +420,17 @@ def _check_lowerable(graph: Graph) -> None:
         to_tvm_dtype(v.dtype)
 
 
-def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str) -> None:
-    ctx = LowerContext(bb)
+def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str,
+                    load: _LoadTime) -> dict[Hashable, relax.Var]:
+    """Lowers ``graph`` into the function ``func_name``; returns its load-time weights
+    (its last parameters)."""
+    ctx = LowerContext(bb, load)
     params = [relax.Var(_param_name(v), relax.TensorType(ctx.relax_shape(v.shape),
                                                          to_tvm_dtype(v.dtype)))
               for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
     fused: set[int] = set()  # consumers already lowered with their producer
-    with bb.function(func_name, params):
+    with bb.function(func_name):  # the parameters are given at the end (load-time ones)
         with bb.dataflow():
             for node in graph.nodes:
                 if id(node) in fused:
@@ -368,7 +443,8 @@ def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str) -> Non
             outs = [_lookup(ctx, env, v) for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
-        bb.emit_func_output(gv)
+        bb.emit_func_output(gv, params=[*params, *ctx._params.values()])
+    return ctx._params
 
 
 def _prim_expr(e: Any, names: dict[str, Any]) -> Any:

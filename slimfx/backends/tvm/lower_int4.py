@@ -1,4 +1,4 @@
-"""4-bit weights in compiled models: stored packed, unpacked to int8 at run time.
+"""4-bit weights in compiled models: stored packed, unpacked to int8 once, at load time.
 
 A ``qconv*`` / ``qlinear`` whose weight is 4-bit (``slimfx/ir/int4.py``: an ``i8`` constant
 whose qparams range fits in ``[-8, 7]``) is lowered by its usual int8 lowering, with one
@@ -6,25 +6,29 @@ difference: every integer constant that lowering creates whose values all lie in
 ``[-8, 7]`` (the weight, in whatever layout the kernel wants: the VNNI ``[N/16, K/4, 16, 4]``
 int8 blocks, the AVX2 int16 pairs, the plain int32 weight of the generic conv) is stored
 as a ``uint8`` constant of ``ceil(n / 2)`` bytes, packed as ``int4.py`` describes, and
-unpacked by Relax ops in front of the kernel::
+unpacked by Relax ops of the module's load function (:data:`.lower.LOAD_FN`, see
+:meth:`.lower.LowerContext.load_time`)::
 
     b = int8(packed[i]);  pairs[i] = [(b << 4) >> 4, b >> 4] as dtype   (arithmetic shifts)
     w = reshape(reshape(pairs, [2 * n_bytes])[:n], shape)
 
-Packing is lossless for any integer array within ``[-8, 7]``, so the integers the kernel
-sees are exactly the IR's and the program stays bit-exact; the library keeps the packed
-bytes (weights take half the bytes of the int8 program's).
+The load function runs once per loaded library and hands the unpacked weight to every call
+of the entry functions as a parameter: a call computes exactly what it would with the int8
+constant, and unpacks nothing. Packing is lossless for any integer array within
+``[-8, 7]``, so the integers the kernel sees are exactly the IR's and the program stays
+bit-exact; the library keeps only the packed bytes (weights take half the bytes of the int8
+program's); the unpacked copy lives in memory while the model is loaded.
 
 The packed constant goes through ``vm.builtin.copy`` (the VM's identity on objects) before
 the unpack: TVM's ``FoldConstant`` (run by ``tuning.prepare``) folds every operator whose
 operands are all constants, and would otherwise unpack at build time and store the int8
-weights again. The cost is one elementwise kernel over the weight per call (the default
-CPU schedule parallelizes and vectorizes it).
+weights in the library again.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -45,31 +49,36 @@ _INTEGER = ("int8", "int16", "int32", "int64")
 
 
 def unpacked(ctx: LowerContext, values: np.ndarray, dtype: str) -> Expr:
-    """``values`` (integers in [-8, 7]) as a packed ``uint8`` constant unpacked at run time
-    to ``dtype`` and the shape of ``values`` (module docstring)."""
+    """``values`` (integers in [-8, 7]) as a load-time weight of ``dtype`` and the shape of
+    ``values``, unpacked from a packed ``uint8`` constant (module docstring)."""
     import torch
 
     shape = [int(d) for d in values.shape]
     n = int(values.size)
     packed = pack_int4(torch.from_numpy(np.ascontiguousarray(values).astype(np.int8))).numpy()
-    const = relax.const(packed, "uint8")
-    opaque = ctx.emit(R.call_pure_packed("vm.builtin.copy", const,
-                                         ty_args=relax.TensorType(packed.shape, "uint8")))
+    key = ("int4", dtype, tuple(shape), hashlib.sha256(packed.tobytes()).hexdigest())
 
-    def unpack(p: te.Tensor) -> te.Tensor:  # [bytes, 2]: the low, then the high nibble
-        four = tirx.const(4, "int8")
+    def build(bb: relax.BlockBuilder) -> Expr:
+        const = relax.const(packed, "uint8")
+        opaque = bb.emit(R.call_pure_packed("vm.builtin.copy", const,
+                                            ty_args=relax.TensorType(packed.shape, "uint8")))
 
-        def value(i: Any, j: Any) -> Any:
-            byte = p[i].astype("int8")
-            up = tirx.if_then_else(j == 0, byte << four, byte)  # the nibble to the top
-            return (up >> four).astype(dtype)  # arithmetic shift: sign-extends
-        return te.compute((packed.shape[0], 2), value, name="unpack_int4")
+        def unpack(p: te.Tensor) -> te.Tensor:  # [bytes, 2]: the low, then the high nibble
+            four = tirx.const(4, "int8")
 
-    pairs = ctx.bb.emit_te(unpack, opaque, primfunc_name_hint="unpack_int4")
-    flat = ctx.emit(R.reshape(pairs, [2 * packed.shape[0]]))
-    if 2 * packed.shape[0] != n:
-        flat = ctx.emit(R.strided_slice(flat, axes=[0], begin=[0], end=[n]))
-    return ctx.emit(R.reshape(flat, shape))
+            def value(i: Any, j: Any) -> Any:
+                byte = p[i].astype("int8")
+                up = tirx.if_then_else(j == 0, byte << four, byte)  # the nibble to the top
+                return (up >> four).astype(dtype)  # arithmetic shift: sign-extends
+            return te.compute((packed.shape[0], 2), value, name="unpack_int4")
+
+        pairs = bb.emit_te(unpack, opaque, primfunc_name_hint="unpack_int4")
+        flat = bb.emit(R.reshape(pairs, [2 * packed.shape[0]]))
+        if 2 * packed.shape[0] != n:
+            flat = bb.emit(R.strided_slice(flat, axes=[0], begin=[0], end=[n]))
+        return bb.emit(R.reshape(flat, shape))
+
+    return ctx.load_time(key, relax.TensorType(shape, dtype), build)
 
 
 class _PackingContext(LowerContext):

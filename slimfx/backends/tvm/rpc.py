@@ -110,6 +110,13 @@ def _to_numpy(value: Any) -> np.ndarray:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
+def _remote_tensors(value: Any) -> list[Any]:
+    """The tensors of a (remote) VM result, nested tuples flattened depth first."""
+    if hasattr(value, "numpy"):
+        return [value]
+    return [t for item in value for t in _remote_tensors(item)]
+
+
 def _flatten(value: Any, out: list[np.ndarray]) -> None:
     if hasattr(value, "numpy"):
         out.append(value.numpy())
@@ -125,15 +132,21 @@ class RemoteModel:
         lib_path: The exported ``.so`` (built for the remote device's target).
         rpc: ``(host, port, key)`` of the tracker and device, or :class:`RpcTarget`.
         entry: Relax function to call.
+        load_fn: the library's load-time weights function (``load_fn`` of the artifact's
+            metadata; see :mod:`slimfx.backends.tvm.lower`): run once on the device when
+            the library is loaded, its results passed after the inputs of every call.
 
     Raises:
         DeviceError: The tracker, the device or the upload failed.
     """
 
     def __init__(self, lib_path: str | os.PathLike[str],
-                 rpc: RpcTarget | tuple[str, int, str], entry: str = "main") -> None:
+                 rpc: RpcTarget | tuple[str, int, str], entry: str = "main",
+                 load_fn: str | None = None) -> None:
         self.target = RpcTarget.of(rpc)
         self.entry = entry
+        self.load_fn = load_fn
+        self._weights: list[Any] = []
         self._lib_path = Path(lib_path)
         if not self._lib_path.is_file():
             raise DeviceError(f"RPC: library {self._lib_path} does not exist; export it first.")
@@ -174,6 +187,8 @@ class RemoteModel:
             rlib = self._session.load_module(remote_name)
             self._dev = self._session.device(t.device, t.index)
             self._vm = relax.VirtualMachine(rlib, self._dev)
+            if self.load_fn is not None:
+                self._weights = _remote_tensors(self._vm[self.load_fn]())
         except Exception as e:
             self.close()
             raise DeviceError(
@@ -191,6 +206,7 @@ class RemoteModel:
         garbage collector runs.
         """
         self._vm = self._dev = self._session = None
+        self._weights = []
         gc.collect()
 
     def _set_inputs(self, inputs: Sequence[Any]) -> None:
@@ -199,7 +215,7 @@ class RemoteModel:
         if self._vm is None:
             self.open()
         args = [tvm.runtime.tensor(_to_numpy(a), self._dev) for a in inputs]
-        self._vm.set_input(self.entry, *args)
+        self._vm.set_input(self.entry, *args, *self._weights)
 
     def run(self, inputs: Sequence[Any]) -> list[np.ndarray]:
         """Run once on the device; outputs as numpy arrays (tuples flattened depth first)."""
@@ -234,15 +250,17 @@ class RemoteModel:
 
 
 def run_remote(lib_path: str | os.PathLike[str], inputs: Sequence[Any],
-               rpc: RpcTarget | tuple[str, int, str], entry: str = "main") -> list[np.ndarray]:
+               rpc: RpcTarget | tuple[str, int, str], entry: str = "main",
+               load_fn: str | None = None) -> list[np.ndarray]:
     """Run an exported library once on a remote device; see :class:`RemoteModel`."""
-    with RemoteModel(lib_path, rpc, entry) as remote:
+    with RemoteModel(lib_path, rpc, entry, load_fn) as remote:
         return remote.run(inputs)
 
 
 def time_remote(lib_path: str | os.PathLike[str], inputs: Sequence[Any],
                 rpc: RpcTarget | tuple[str, int, str], entry: str = "main", *,
-                number: int = 10, repeat: int = 3, min_repeat_ms: int = 0) -> RemoteTiming:
+                load_fn: str | None = None, number: int = 10, repeat: int = 3,
+                min_repeat_ms: int = 0) -> RemoteTiming:
     """Time an exported library on a remote device; see :meth:`RemoteModel.time`."""
-    with RemoteModel(lib_path, rpc, entry) as remote:
+    with RemoteModel(lib_path, rpc, entry, load_fn) as remote:
         return remote.time(inputs, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)

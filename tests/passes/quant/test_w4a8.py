@@ -213,40 +213,81 @@ def test_w4a8_compiles_bit_exact_and_stores_packed(ptq, tmp_path):
     import tvm
 
     from slimfx.backends.tvm import tuning
-    from slimfx.backends.tvm.lower import lower_graph
+    from slimfx.backends.tvm.lower import LOAD_FN, lower_graph
     from slimfx.backends.tvm.targets import resolve_target
 
     _, q8, q4, test, _ = ptq
     c = slimfx.compile(q4, "x86")
     ref = slimfx.to_torch(q4)
     loaded = slimfx.load(c.save(tmp_path / "w4.slim"))
+    assert c.load_fn == loaded.load_fn == LOAD_FN
+    assert slimfx.compile(q8, "x86").load_fn is None  # int8: nothing to do at load time
     with torch.no_grad():
         for b in test[:3]:
             want = ref(b)
             assert torch.equal(torch.as_tensor(c(b)), want)
             assert torch.equal(torch.as_tensor(loaded(b)), want)
 
-    def constants(g):  # the Relax constants after the folding and fusion compile runs
-        target = tvm.target.Target(resolve_target("x86"))
+    def constants(g, fn="main"):  # the constants of one Relax function after the folding
+        target = tvm.target.Target(resolve_target("x86"))  # and fusion compile runs
         with target:
             mod = tuning.prepare(lower_graph(g), target)
         found = []
         tvm.relax.analysis.post_order_visit(
-            mod["main"], lambda e: found.append(e.value.numpy())
+            mod[fn], lambda e: found.append(e.value.numpy())
             if isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "numpy") else None)
         return found
 
-    # one packed constant per weight, in its kernel's layout (which may pad K to 4)
-    packed = [a.size for a in constants(q4) if a.dtype == np.uint8]
+    # one packed constant per weight, in its kernel's layout (which may pad K to 4), all in
+    # the load function: the entry function holds none and gets the unpacked weights
+    packed = [a.size for a in constants(q4, LOAD_FN) if a.dtype == np.uint8]
     w8 = sum(v.const.numel() for v in _weights(q8))
     assert len(packed) == 3 and sum(packed) >= sum(packed_nbytes(v.const.numel())
                                                    for v in _weights(q4))
+    main4 = constants(q4)
+    assert not any(a.dtype == np.uint8 for a in main4)
     # the int8 program holds its weights unpacked, in its kernels' layout (int8 or int16)
-    assert sum(a.nbytes for a in constants(q8)) - sum(a.nbytes for a in constants(q4)) >= (
+    assert sum(a.nbytes for a in constants(q8)) - sum(a.nbytes for a in main4) >= (
         w8 - sum(packed))
-    int8_in_4 = [a.shape for a in constants(q4) if a.dtype == np.int8 and a.size > 1]
+    int8_in_4 = [a.shape for a in main4 if a.dtype == np.int8 and a.size > 1]
     # no unpacked copy of the weights; about half the bytes of the int8 program's weights in
     # the same kernel layouts (which may pad channels to the kernel's block of 16)
     w8_layout = sum(a.nbytes for a in constants(q8) if a.dtype in (np.int8, np.int16)
                     and a.size >= 16)
     assert not int8_in_4 and sum(packed) <= 0.6 * w8_layout
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason="needs apache-tvm")
+def test_w4a8_unpacks_once_at_load_not_per_call(ptq, tmp_path):
+    _, _, q4, test, _ = ptq
+    c = slimfx.load(slimfx.compile(q4, "x86").save(tmp_path / "w4.slim"))
+    x = test[0].numpy()
+    first = c(x)  # the first call runs the load function, once
+    weights = c._weights
+    assert weights is not None and len(weights) == 3  # conv1, conv2, fc: unpacked int8
+    assert all(str(w.dtype) in ("int8", "int16", "int32") for w in weights)
+    np.testing.assert_array_equal(c(x), first)
+    assert c._weights is weights  # later calls reuse them
+    kernels = [r.name for r in c.profile(x, repeat=2, warmup=0).rows]
+    assert any("qconv" in k for k in kernels)  # the profile sees the call's kernels...
+    assert not any("unpack" in k for k in kernels), kernels  # ...and no unpacking among them
+
+
+@pytest.mark.tvm
+@pytest.mark.arm
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("tvm") is None, reason="needs apache-tvm")
+def test_w4a8_bit_exact_on_arm(ptq):
+    """aarch64 under qemu: the runner calls the load function, then the entry function."""
+    from slimfx.backends.tvm import arm_env
+
+    if arm_env.find_env() is None:
+        pytest.skip(f"aarch64 qemu environment not set up ({arm_env.missing_reason()}); "
+                    "run `make arm-env`")
+    _, _, q4, test, _ = ptq
+    c = slimfx.compile(q4, "arm")
+    assert c.load_fn is not None and c._runs_under_qemu()
+    with torch.no_grad():
+        want = slimfx.to_torch(q4)(test[0])
+    assert torch.equal(torch.as_tensor(c(test[0].numpy())), want)
