@@ -221,8 +221,7 @@ def test_w4a8_compiles_bit_exact_and_stores_packed(ptq, tmp_path):
 
     def constants(g):  # the Relax constants after the folding and fusion compile runs
         target = tvm.target.Target(resolve_target("x86"))
-        with target:
-            mod = tuning.prepare(lower_graph(g), target)
+        mod = tuning.prepare(lower_graph(g, target=target), target)
         found = []
         tvm.relax.analysis.post_order_visit(
             mod["main"], lambda e: found.append(e.value.numpy())
