@@ -158,6 +158,8 @@ def save(compiled: Compiled, path: str | os.PathLike[str]) -> Path:
             "target_features": target_cpu_features(compiled.target),
             "library": _LIB, "library_sha256": _sha256(lib),
         }
+        if compiled._kernels is not None:
+            meta["kernels"] = [list(k) for k in compiled._kernels]
         if compiled.symbols:
             meta["symbols"] = {k: [r.min, r.max] for k, r in sorted(compiled.symbols.items())}
             meta["batch"] = compiled.batch
@@ -291,6 +293,19 @@ def _buckets(meta: dict[str, Any], where: Path) -> dict[int, str]:
         raise ArtifactError(f"{where}: bad batch_buckets {raw!r} in metadata; the artifact is "
                             "corrupt")
     return {int(k): v for k, v in raw.items()}
+
+
+def _kernels(meta: dict[str, Any], where: Path) -> list[tuple[str, str]] | None:
+    """The ``(function, kernel path)`` record, or None for an artifact saved without one."""
+    raw = meta.get("kernels")
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(
+            isinstance(k, list) and len(k) == 2 and all(isinstance(p, str) for p in k)
+            for k in raw):
+        raise ArtifactError(f"{where}: bad kernels {raw!r} in metadata; the artifact is "
+                            "corrupt")
+    return [(k[0], k[1]) for k in raw]
 
 
 def _specs(meta: dict[str, Any], key: str, where: Path,
@@ -524,7 +539,8 @@ def load(path: str | os.PathLike[str], *, sha256: str | None = None) -> Compiled
             raise ArtifactError(f"{path}: TVM cannot load the library: {e}") from e
         try:
             compiled = Compiled(lib, inputs, outputs, meta["target"], entry=entry,
-                                symbols=symbols, batch=batch, buckets=buckets, load_fn=load_fn)
+                                symbols=symbols, batch=batch, buckets=buckets, load_fn=load_fn,
+                                kernels=_kernels(meta, path))
         except ValueError as e:
             raise ArtifactError(f"{path}: the signature does not fit its symbols ({e}); the "
                                 "artifact is corrupt") from e

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from slimfx.backends.tvm.compiled import Compiled, TensorSpec
+from slimfx.backends.tvm.kernels import kernels_of
 from slimfx.backends.tvm.lower import LOAD_FN, lower_graph
 from slimfx.backends.tvm.native_log import native_log_to_logging
 from slimfx.backends.tvm.targets import resolve_target
@@ -52,6 +53,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     target: str | Mapping[str, Any] = "x86",
     *,
     tune: int | None = None,
+    tune_seconds: float | None = None,
     tuning_db: str | os.PathLike[str] | None = None,
     opt_level: int = 3,
     progress: bool = True,
@@ -68,6 +70,10 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
             target dict.
         tune: meta-schedule trial budget; ``None`` or 0 compiles without tuning (but still
             applies schedules already in ``tuning_db``).
+        tune_seconds: a time budget for tuning as well (with ``tune``): the search stops
+            after about this many seconds (it may overrun by one batch of candidates) and
+            the schedules found so far are used and kept in the database. What tuning spent
+            is in the result's ``tuning`` report (:class:`.tuning.TuneReport`).
         tuning_db: directory of the tuning database (default ``~/.cache/slimfx/tuning``).
         opt_level: TVM's pass context optimisation level.
         progress: show a progress bar while tuning.
@@ -101,6 +107,14 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
                           "the model first with slimfx.trace(model, example_inputs)")
     if tune is not None and (not isinstance(tune, int) or tune < 0):
         raise SlimfxError(f"tune must be a non-negative trial count, got {tune!r}")
+    if tune_seconds is not None and (isinstance(tune_seconds, bool)
+                                     or not isinstance(tune_seconds, int | float)
+                                     or not tune_seconds > 0):
+        raise SlimfxError(f"tune_seconds must be a positive number of seconds, got "
+                          f"{tune_seconds!r}")
+    if tune_seconds is not None and not tune:
+        raise SlimfxError("tune_seconds is a time budget for tuning: give a trial budget too "
+                          "(tune=N), e.g. compile(graph, tune=2000, tune_seconds=600)")
     if dynamic not in ("auto", "symbolic"):
         raise SlimfxError(f"dynamic must be 'auto' or 'symbolic', got {dynamic!r}")
     spec = resolve_target(target)
@@ -118,15 +132,17 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
 
     use_cpu_threads(spec)  # before any kernel runs (tuning measures in this process)
     tvm_target = tvm.target.Target(spec)
-    with tvm_target:  # lowerings may specialise for the target (int8 conv: VNNI on x86)
-        mod = lower_graph(graph, more=more)
+    # lowerings specialise for the target (int8 conv: VNNI or AVX2 kernels on x86)
+    mod = lower_graph(graph, more=more, target=tvm_target)
     load_fn = LOAD_FN if any(gv.name_hint == LOAD_FN for gv in mod.get_global_vars()) else None
     db_dir = Path(tuning_db) if tuning_db is not None else tuning.default_db_dir()
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
             mod = tuning.prepare(mod, tvm_target)
+            report = None
             if tune:
-                tuning.tune(mod, tvm_target, db_dir, trials=tune, progress=progress)
+                report = tuning.tune(mod, tvm_target, db_dir, trials=tune, seconds=tune_seconds,
+                                     progress=progress)
             if tune or tuning.has_db(db_dir):
                 mod = tuning.apply_db(mod, tvm_target, db_dir)
             if tvm_target.kind.name == "llvm" and schedule:
@@ -139,13 +155,16 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
                 from slimfx.backends.tvm.cuda_check import cuda_pipeline
 
                 pipeline = cuda_pipeline(tvm_target)
+            kernels = kernels_of(mod)
             ex = tvm.compile(mod, target=tvm_target, relax_pipeline=pipeline)
     except SlimfxError:  # LoweringError, or a tuning database error that names the database
         raise
     except Exception as e:  # TVM raises TVMError/InternalError/ValueError from deep inside
         raise SlimfxError(f"TVM failed to build graph {graph.name!r} for {spec}: {e}") from e
-    return Compiled(None, inputs, outputs, spec, executable=ex, symbols=symbols, batch=batch,
-                    buckets=buckets, load_fn=load_fn)
+    compiled = Compiled(None, inputs, outputs, spec, executable=ex, symbols=symbols,
+                        batch=batch, buckets=buckets, kernels=kernels, load_fn=load_fn)
+    compiled.tuning = report
+    return compiled
 
 
 def _buckets(graph: Graph, batch: str | None, symbols: Mapping[str, SymbolRange],

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimfx.errors import DeviceError, RuntimeInputError
+from slimfx.errors import ArtifactError, DeviceError, RuntimeInputError
 from slimfx.ir.signature import bind_inputs, shape_matches
 from slimfx.ir.symbolic import (
     SymbolRange,
@@ -43,6 +43,7 @@ from slimfx.ir.types import QParams, TensorType
 
 if TYPE_CHECKING:
     from slimfx.backends.tvm.profile import ProfileReport
+    from slimfx.backends.tvm.tuning import TuneReport
 
 __all__ = ["TensorSpec", "Compiled", "BenchmarkResult"]
 
@@ -141,13 +142,16 @@ class Compiled:
         load_fn: the library function computing the load-time weights (4-bit weights,
             unpacked; see :mod:`.lower`), called once, on the first call of the model; its
             results follow the inputs in every call of an entry function. ``None``: none.
+        tuning: what ``compile(..., tune=N)`` spent tuning (trials measured, seconds), or
+            ``None`` (compiled without tuning, or loaded).
     """
 
     def __init__(self, library: Any, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec],
                  target: Mapping[str, Any], *, executable: Any = None,
                  entry: str = "main", symbols: Mapping[str, SymbolRange] | None = None,
                  batch: str | None = None, buckets: Mapping[int, str] | None = None,
-                 load_fn: str | None = None) -> None:
+                 load_fn: str | None = None,
+                 kernels: Sequence[tuple[str, str]] | None = None) -> None:
         self._library = library  # a tvm.runtime.Module (loaded) or None (only the executable)
         self._executable = executable  # relax.Executable when freshly compiled
         self.inputs = tuple(inputs)
@@ -159,6 +163,7 @@ class Compiled:
         self.buckets = dict(sorted((buckets or {}).items(), reverse=True))
         self.load_fn = load_fn
         self._check_symbols()
+        self._kernels = None if kernels is None else [(str(f), str(k)) for f, k in kernels]
         # which inputs carry the batch dim (the others go whole to every per-sample call)
         self._batched = tuple(_is_batch_dim(s.type, batch) for s in self.inputs)
         self._device: Any = None
@@ -167,6 +172,7 @@ class Compiled:
         self._local = threading.local()  # .vm: this thread's VirtualMachine
         self._lock = threading.Lock()
         self.target_features: list[str] | None = None  # recorded in the artifact, if any
+        self.tuning: TuneReport | None = None  # what compile(tune=N) spent (not saved)
         self.saved_sha256: str | None = None  # digest of the last single-file save
         self._arm_lib: Path | None = None  # aarch64 .so for qemu runs, linked on first call
         self._arm_dir: Any = None  # its TemporaryDirectory, removed with this object
@@ -192,6 +198,23 @@ class Compiled:
             if type(size) is not int or size < 2 or not isinstance(name, str) or \
                     not self.symbols[self.batch].contains(size):
                 raise ValueError(f"bad batch bucket {size!r}: {name!r}")
+
+    def kernels(self) -> list[tuple[str, str]]:
+        """``(function name, kernel path)`` of every hand-scheduled kernel in the library.
+
+        The kernel path is the stable name of the microkernel a lowering chose (e.g.
+        ``qconv_vnni_dense``, ``qdense_avx2``, ``qconv_depthwise_nhwc``; all are listed in
+        :data:`slimfx.backends.tvm.kernels.KERNEL_PATHS`); kernels left to TVM's generic
+        schedules are not listed. Sorted by function name. Recorded at compile time and
+        kept in saved artifacts.
+
+        Raises:
+            ArtifactError: a model loaded from an artifact saved without this record.
+        """
+        if self._kernels is None:
+            raise ArtifactError("this compiled model has no record of its kernels (it was "
+                                "saved by an older slimfx); compile it again to list them")
+        return list(self._kernels)
 
     def describe_symbols(self) -> str:
         """``N in [1, 64], S >= 1``: the symbols and their ranges ('' when static)."""

@@ -15,7 +15,7 @@ A ``qconv1d``/``qconv2d`` with a constant int8 weight and ``groups == 1`` is low
 Every step is exact in int32: ``sum_k (x - zp) * w = sum_k u * w - off * sum_k w`` and
 ``|sum_k u * w| <= 255 * 128 * K`` fits int32 for any real convolution.
 
-On an x86 target with AVX-512 VNNI (``slimfx.compile`` lowers under its target) the dense is
+On an x86 target with AVX-512 VNNI (the lowering context's target, :func:`x86_isa`) the dense is
 a PrimFunc scheduled here by hand around ``dot_16x4_vnni`` (:func:`vnni_dense_func`), marked
 ``tirx.is_scheduled`` so that tuning leaves it alone: it is fast without any tuning trial.
 On x86 (VNNI, or AVX2 with the int16 ``vpmaddwd`` dense) the im2col is the channels-last one
@@ -37,12 +37,23 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax import Expr
 
+from slimfx.backends.tvm.kernels import hand_kernel
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["Requant", "requant_value", "cpu_target", "packable", "packed_conv", "nhwc_conv", "grouped_conv", "vnni_target",
-           "vnni_dense_func", "avx2_target", "avx2_dense_func", "avx2_matmul", "vnni_matmul"]
+__all__ = ["Requant", "requant_value", "x86_isa", "packable", "packed_conv",
+           "nhwc_conv", "grouped_conv", "vnni_dense_func", "avx2_dense_func", "avx2_matmul",
+           "vnni_matmul", "dense_tiles"]
 
 R = relax.op
+
+
+def x86_isa(ctx: LowerContext) -> str | None:
+    """The x86 int8 kernel family for the context's target: ``"vnni"`` (AVX-512 VNNI,
+    ``vpdpbusd``), ``"avx2"`` (``vpmaddwd``), or ``None`` (no target, not x86: the
+    portable lowerings)."""
+    if ctx.has("avx512vnni"):
+        return "vnni"
+    return "avx2" if ctx.has("avx2") else None
 
 
 @dataclass(frozen=True)
@@ -104,11 +115,11 @@ def requant_value(v: tirx.PrimExpr, mul: tirx.PrimExpr, half: tirx.PrimExpr,
     return y.astype(rq.dtype)
 
 
-def packable(x_dtype: str, w: np.ndarray, groups: int) -> bool:
+def packable(ctx: LowerContext, x_dtype: str, w: np.ndarray, groups: int) -> bool:
     """Whether :func:`packed_conv` applies: a dense int8 weight whose out channels divide 16
     (on x86 any number: :func:`nhwc_conv` pads them to the kernel's lanes)."""
     return (groups == 1 and w.dtype == np.int8 and x_dtype in ("int8", "uint8")
-            and (w.shape[0] % 16 == 0 or vnni_target() or avx2_target()))
+            and (w.shape[0] % 16 == 0 or x86_isa(ctx) is not None))
 
 
 def _as_2d(stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
@@ -135,16 +146,17 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         x_zero_point: the input zero point.
         requant: a ``requantize`` of the result to fuse into the kernel.
     """
-    if requant is not None and not (vnni_target() or avx2_target()):
+    isa = x86_isa(ctx)
+    if requant is not None and isa is None:
         return None
     nd = w.ndim - 2
     shape = ctx.shape_of(x)
     if nd == 1:
         x = ctx.emit(R.reshape(x, [shape[0], shape[1], 1, shape[2]]))
         w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
-    if vnni_target() or avx2_target():
+    if isa is not None:
         out = nhwc_conv(ctx, x, w, b, stride=_as_2d(stride, padding, dilation, nd),
-                        x_zero_point=x_zero_point, vnni=vnni_target(), requant=requant)
+                        x_zero_point=x_zero_point, vnni=isa == "vnni", requant=requant)
         if nd == 1:
             n_, oc_, _, ow_ = ctx.shape_of(out)
             return R.reshape(out, [n_, oc_, ow_])
@@ -188,12 +200,8 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         if bias is not None:
             corr = corr + bias.astype(np.int64)
     cb = ctx.const(corr.astype(np.int32), "int32")
-    if vnni_target():
-        name = f"qconv_vnni_dense_{m}x{kp}x{oc}"
-        gv = ctx.bb.add_func(vnni_dense_func(m, kp, oc).with_attr("global_symbol", name), name)
-        acc = ctx.emit(relax.call_tir(gv, [col, wp, cb], relax.TensorType((m, oc), "int32")))
-    else:  # target-neutral form (meta-schedule may still tensorize it)
-        acc = ctx.bb.emit_te(_dense_te, col, wp, cb, primfunc_name_hint="qconv_dense_packed")
+    # target-neutral form (meta-schedule may still tensorize it)
+    acc = ctx.bb.emit_te(_dense_te, col, wp, cb, primfunc_name_hint="qconv_dense_packed")
     if b is not None and not isinstance(b, tvm.ir.expr.Constant):
         acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
     acc = ctx.emit(R.reshape(acc, [n, oh, ow, oc]))
@@ -265,14 +273,14 @@ def nhwc_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
         corr = -fill * w2.astype(np.int64).sum(axis=1) + bias
         cb = ctx.const(np.asarray(corr, np.int64).astype(np.int32), "int32")
         name = f"qconv_vnni_dense_{m}x{kp}x{oc}"
-        func = vnni_dense_func(m, kp, oc, requant)
+        func = vnni_dense_func(m, kp, oc, requant, kernel="qconv_vnni_dense")
     else:
         packed = w2.astype(np.int16).reshape(oc // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
         wp = ctx.const(np.ascontiguousarray(packed), "int16")
         cb = ctx.const(np.broadcast_to(np.asarray(bias, np.int64), (oc,)).astype(np.int32),
                        "int32")
         name = f"qconv_avx2_dense_{m}x{kp}x{oc}"
-        func = avx2_dense_func(m, kp, oc, requant)
+        func = avx2_dense_func(m, kp, oc, requant, kernel="qconv_avx2_dense")
     args = [col, wp, cb]
     out_dtype = "int32"
     if requant is not None:
@@ -306,39 +314,6 @@ def grouped_conv(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, *,
     return ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), shape)))
 
 
-def _target_has(feature: str) -> bool:
-    """Whether the current TVM target (``with target:``) is an LLVM CPU with ``feature``."""
-    target = tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        return False
-    from tvm.target.codegen import target_has_features
-
-    try:
-        return bool(target_has_features(feature, target))
-    except Exception:  # noqa: BLE001 - an LLVM without x86 support: no such feature
-        return False
-
-
-def vnni_target() -> bool:
-    """Whether the current TVM target (``with target:``) is x86 with AVX-512 VNNI.
-
-    :func:`slimfx.compile` lowers under its target; without one (``lower_graph`` alone, ARM,
-    CUDA) the dense stays a plain, target-neutral TE compute.
-    """
-    return _target_has("avx512vnni")
-
-
-def cpu_target() -> bool:
-    """Whether the current TVM target is an LLVM CPU (where plain scheduled TIR runs)."""
-    target = tvm.target.Target.current(allow_none=True)
-    return target is not None and target.kind.name == "llvm"
-
-
-def avx2_target() -> bool:
-    """Whether the current TVM target is x86 with AVX2 (``vpmaddwd`` on 256-bit vectors)."""
-    return _target_has("avx2")
-
-
 def _dense_te(a: te.Tensor, bw: te.Tensor, cb: te.Tensor) -> te.Tensor:
     m, kp = a.shape
     oc = cb.shape[0]
@@ -353,10 +328,13 @@ def _divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-def vnni_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None) -> tirx.PrimFunc:
+def vnni_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None, *,
+                    kernel: str = "qdense_vnni") -> tirx.PrimFunc:
     """``out[i, j] = sum_k A[i, k] * B[j//16, k//4, j%16, k%4] + cb[j]`` (u8 x s8 -> s32),
     scheduled by hand around the VNNI intrinsic ``dot_16x4_vnni``; with ``requant`` the
     sum is requantized in the epilogue (extra inputs ``mul, half, shift``, int8 result).
+    ``kernel`` names the path it serves (:mod:`.kernels`): ``qdense_vnni`` for a matmul,
+    ``qconv_vnni_dense`` for a convolution's GEMM.
 
     Tiles: ``mi`` rows (a divisor of ``m``, <= 4) x ``nb`` blocks of 16 output channels
     (<= 4) accumulate over chunks of ``kc`` groups of 4 reduction elements (<= 16), so the
@@ -378,11 +356,12 @@ def vnni_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None) ->
     extra, out = _epilogue(acc, cb, requant)
     mi, nb, kc = _divisor(m, 4), _divisor(oc // 16, 4), _divisor(kp // 4, 16)
     return _schedule_packed_dense([a, bw, cb, *extra, out], "qdense_vnni", (16, 4),
-                                  (mi, nb, kc), "dot_16x4_vnni")
+                                  (mi, nb, kc), "dot_16x4_vnni", kernel)
 
 
 def _schedule_packed_dense(tensors: list[te.Tensor], name: str, block: tuple[int, int],
-                           tiles: tuple[int, int, int], intrin: str) -> tirx.PrimFunc:
+                           tiles: tuple[int, int, int], intrin: str,
+                           kernel: str) -> tirx.PrimFunc:
     """The hand schedule shared by the VNNI and AVX2 dense kernels.
 
     ``block = (lanes, taps)``: one intrinsic call computes ``lanes`` output channels over
@@ -390,7 +369,8 @@ def _schedule_packed_dense(tensors: list[te.Tensor], name: str, block: tuple[int
     accumulate over chunks of ``kc`` intrinsic steps; the (row tile, channel tile) loop is
     parallel (fused before ``decompose_reduction``/``tensorize``, after which ``parallel``
     fails), the bias is added per tile. Marked ``tirx.is_scheduled`` and opaque
-    (``op_pattern`` 8) so that neither fusion nor meta-schedule replaces it.
+    (``op_pattern`` 8) so that neither fusion nor meta-schedule replaces it, and named
+    ``kernel`` (:func:`.kernels.hand_kernel`).
     """
     lanes, taps = block
     mi, nb, kc = tiles
@@ -413,8 +393,7 @@ def _schedule_packed_dense(tensors: list[te.Tensor], name: str, block: tuple[int
     _, inner = sch.split(sch.get_loops(epi)[-1], [None, lanes])
     sch.vectorize(inner)
     sch.vectorize(sch.get_loops(sch.get_sblock(f"{name}_init"))[-1])
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return hand_kernel(sch.mod["main"], kernel)
 
 
 # ------------------------------------------------------------------- AVX2 (no VNNI): vpmaddwd
@@ -464,7 +443,7 @@ def _register_pmaddwd() -> None:
     _PMADDWD_REGISTERED = True
 
 
-def _dense_tiles(m: int, blocks: int) -> tuple[int, int]:
+def dense_tiles(m: int, blocks: int) -> tuple[int, int]:
     """Row tile ``mi`` (divides ``m``, <= 8) x channel blocks ``nb`` (divides ``blocks``,
     <= 4) with the most accumulators ``mi * nb <= 12`` (16 ymm registers in all)."""
     best = (1, 1)
@@ -476,12 +455,14 @@ def _dense_tiles(m: int, blocks: int) -> tuple[int, int]:
     return best
 
 
-def avx2_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None) -> tirx.PrimFunc:
+def avx2_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None, *,
+                    kernel: str = "qdense_avx2") -> tirx.PrimFunc:
     """``out[i, j] = sum_k A[i, k] * B[j//8, k//2, j%8, k%2] + cb[j]`` (int16 -> int32),
-    scheduled by hand around ``vpmaddwd``; ``requant`` as in :func:`vnni_dense_func`.
+    scheduled by hand around ``vpmaddwd``; ``requant`` and ``kernel`` as in
+    :func:`vnni_dense_func` (``qdense_avx2``, ``qconv_avx2_dense``).
 
     ``kp % 2 == 0``, ``oc % 8 == 0``. A tile of ``mi`` rows x ``nb`` blocks of 8 output
-    channels (:func:`_dense_tiles`, e.g. 4 x 2: 8 accumulator registers) runs over chunks of
+    channels (:func:`dense_tiles`, e.g. 4 x 2: 8 accumulator registers) runs over chunks of
     up to 32 taps; the (row tile, channel tile) loop is parallel. Marked
     ``tirx.is_scheduled`` and opaque, like :func:`vnni_dense_func`.
     """
@@ -494,31 +475,20 @@ def avx2_dense_func(m: int, kp: int, oc: int, requant: Requant | None = None) ->
         a[i, r].astype("int32") * bw[j // 8, r // 2, j % 8, r % 2].astype("int32"), axis=r),
         name="qdense_pmaddwd")
     extra, out = _epilogue(acc, cb, requant)
-    mi, nb = _dense_tiles(m, oc // 8)
+    mi, nb = dense_tiles(m, oc // 8)
     return _schedule_packed_dense([a, bw, cb, *extra, out], "qdense_pmaddwd", (8, 2),
-                                  (mi, nb, _divisor(kp // 2, 16)), _PMADDWD)
+                                  (mi, nb, _divisor(kp // 2, 16)), _PMADDWD, kernel)
 
 
 def avx2_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
     """``a @ w.T (+ bias)`` for an int16 ``a`` ``[M, K]`` and a constant integer ``w``
-    ``[N, K]`` (|w| < 2**15, ``N % 8 == 0``) on :func:`avx2_dense_func`; int32 ``[M, N]``.
+    ``[N, K]`` (|w| < 2**15) on :func:`avx2_dense_func`; int32 ``[M, N]``.
 
     Used by ``qlinear`` (``a = x - x_zero_point``) and the dynamic int8 matmuls
-    (``a`` = the run-time quantized activations). An odd ``K`` gets one zero column.
+    (``a`` = the run-time quantized activations). An odd ``K`` gets one zero column; ``N``
+    is padded to a multiple of 8 (:func:`_packed_matmul`).
     """
-    m, k = ctx.shape_of(a)
-    n = w.shape[0]
-    kp = k + k % 2
-    if kp != k:
-        a = ctx.emit(R.nn.pad(a, [0, 0, 0, 1]))
-    w2 = np.zeros((n, kp), dtype=np.int16)
-    w2[:, :k] = w
-    packed = w2.reshape(n // 8, 8, kp // 2, 2).transpose(0, 2, 1, 3)
-    wp = ctx.const(np.ascontiguousarray(packed), "int16")
-    cb = ctx.const(np.zeros(n, np.int32) if bias is None else bias.astype(np.int32), "int32")
-    name = f"qdense_avx2_{m}x{kp}x{n}"
-    gv = ctx.bb.add_func(avx2_dense_func(m, kp, n).with_attr("global_symbol", name), name)
-    return ctx.emit(relax.call_tir(gv, [a, wp, cb], relax.TensorType((m, n), "int32")))
+    return _packed_matmul(ctx, a, w, bias, "avx2")
 
 
 def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | None) -> Expr:
@@ -529,21 +499,36 @@ def vnni_matmul(ctx: LowerContext, u: Expr, w: np.ndarray, bias: np.ndarray | No
     :func:`packed_conv`). A ``K`` that is not a multiple of 4 gets zero columns (zero weights:
     they add exactly 0). Exact: ``|sum_k u * w| <= 255 * 128 * K`` fits int32.
     """
-    m, k = ctx.shape_of(u)
+    return _packed_matmul(ctx, u, w, bias, "vnni")
+
+
+# isa -> (output channels per intrinsic call, reduction elements per call, weight dtype,
+# kernel builder)
+_MATMUL = {"avx2": (8, 2, np.int16, avx2_dense_func), "vnni": (16, 4, np.int8, vnni_dense_func)}
+
+
+def _packed_matmul(ctx: LowerContext, a: Expr, w: np.ndarray, bias: np.ndarray | None,
+                   isa: str) -> Expr:
+    """``a @ w.T + bias`` on the hand dense of ``isa``: ``K`` padded to the kernel's
+    reduction step with zero columns of ``a`` and ``w``, ``N`` to its lanes with zero rows
+    of ``w`` (and of the bias), sliced off after the kernel. Zero weights add exactly 0, so
+    the real columns' sums are unchanged; int32 ``[M, N]``."""
+    lanes, taps, w_dtype, build = _MATMUL[isa]
+    m, k = ctx.shape_of(a)
     n = w.shape[0]
-    kp = -(-k // 4) * 4
+    kp = -(-k // taps) * taps
     if kp != k:
-        u = ctx.emit(R.nn.pad(u, [0, 0, 0, kp - k]))
-    np_ = -(-n // 16) * 16  # N padded with zero rows, sliced off after the kernel
-    w2 = np.zeros((np_, kp), dtype=np.int8)
+        a = ctx.emit(R.nn.pad(a, [0, 0, 0, kp - k]))
+    np_ = -(-n // lanes) * lanes
+    w2 = np.zeros((np_, kp), dtype=w_dtype)
     w2[:n, :k] = w
-    packed = w2.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
-    wp = ctx.const(np.ascontiguousarray(packed), "int8")
+    packed = w2.reshape(np_ // lanes, lanes, kp // taps, taps).transpose(0, 2, 1, 3)
+    wp = ctx.const(np.ascontiguousarray(packed), str(np.dtype(w_dtype)))
     cb = np.zeros(np_, np.int32)
     if bias is not None:
         cb[:n] = bias.astype(np.int32)
-    name = f"qdense_vnni_{m}x{kp}x{np_}"
-    gv = ctx.bb.add_func(vnni_dense_func(m, kp, np_).with_attr("global_symbol", name), name)
-    acc = ctx.emit(relax.call_tir(gv, [u, wp, ctx.const(cb, "int32")],
+    name = f"qdense_{isa}_{m}x{kp}x{np_}"
+    gv = ctx.bb.add_func(build(m, kp, np_).with_attr("global_symbol", name), name)
+    acc = ctx.emit(relax.call_tir(gv, [a, wp, ctx.const(cb, "int32")],
                                   relax.TensorType((m, np_), "int32")))
     return acc if np_ == n else ctx.emit(R.strided_slice(acc, [1], [0], [n]))

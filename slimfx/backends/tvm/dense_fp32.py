@@ -26,17 +26,18 @@ import tvm
 from tvm import relax, te, tirx
 from tvm.relax import Expr
 
-from slimfx.backends.tvm.conv_int8 import _dense_tiles, _target_has
+from slimfx.backends.tvm.conv_int8 import dense_tiles
+from slimfx.backends.tvm.kernels import hand_kernel
 from slimfx.backends.tvm.lower import LowerContext
 
-__all__ = ["fast_fp32_target", "conv2d_fp32", "linear_fp32", "dense_func", "im2col_func"]
+__all__ = ["fast_fp32", "conv2d_fp32", "linear_fp32", "dense_func", "im2col_func"]
 
 R = relax.op
 
 
-def fast_fp32_target() -> bool:
-    """Whether the current target is an x86 CPU with AVX2 and FMA (8-wide fp32 FMA)."""
-    return _target_has("avx2") and _target_has("fma")
+def fast_fp32(ctx: LowerContext) -> bool:
+    """Whether the context's target is an x86 CPU with AVX2 and FMA (8-wide fp32 FMA)."""
+    return ctx.has("avx2") and ctx.has("fma")
 
 
 def dense_func(m: int, k: int, n: int) -> tirx.PrimFunc:
@@ -49,7 +50,7 @@ def dense_func(m: int, k: int, n: int) -> tirx.PrimFunc:
                      name="dense_f32")
     out = te.compute((m, n), lambda i, j: acc[i, j] + bias[j], name="dense_bias")
     sch = tvm.s_tir.Schedule(te.create_prim_func([a, bw, bias, out]))
-    mi, nb = _dense_tiles(m, n // 8)
+    mi, nb = dense_tiles(m, n // 8)
     blk = sch.get_sblock("dense_f32")
     i, j, kk = sch.get_loops(blk)
     j0, j1 = sch.split(j, [None, 8])
@@ -65,8 +66,7 @@ def dense_func(m: int, k: int, n: int) -> tirx.PrimFunc:
     sch.unroll(i1)
     _, inner = sch.split(sch.get_loops(epi)[-1], [None, 8])
     sch.vectorize(inner)
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return hand_kernel(sch.mod["main"], "dense_f32_fma")
 
 
 def im2col_func(n: int, c: int, h: int, wd: int, kh: int, kw: int, sh: int, sw: int,
@@ -88,8 +88,7 @@ def im2col_func(n: int, c: int, h: int, wd: int, kh: int, kw: int, sh: int, sw: 
     sch.parallel(sch.fuse(loops[0], loops[1]))
     if kh * kw > 1:
         sch.unroll(loops[-1])
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return hand_kernel(sch.mod["main"], "im2col_f32")
 
 
 def _pack(w: np.ndarray) -> np.ndarray:
@@ -122,7 +121,7 @@ def applies(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, groups: int = 1
         return False
     if b is not None and _const(b) is None:
         return False
-    return ctx.shape_of(w)[0] % 8 == 0 and fast_fp32_target()
+    return ctx.shape_of(w)[0] % 8 == 0 and fast_fp32(ctx)
 
 
 def conv2d_fp32(ctx: LowerContext, x: Expr, w: Expr, b: Expr | None, *,

@@ -33,6 +33,7 @@ from tvm import relax, te, tirx
 from tvm.relax import Expr
 
 from slimfx.backends.tvm.conv_int8 import Requant, requant_value
+from slimfx.backends.tvm.kernels import hand_kernel
 from slimfx.backends.tvm.lower import LowerContext
 
 __all__ = ["applies", "depthwise_conv", "depthwise_func", "depthwise_nhwc_func"]
@@ -98,10 +99,10 @@ def depthwise_func(x_shape: Sequence[int], x_dtype: str, kernel: tuple[int, int]
             acc[b_, ch, y, xx] + cb[ch], mul[ch], half[ch], shift[ch], requant), name="dw_out")
     func = te.create_prim_func([x, w, cb, *extra, out])
     try:
-        func = _schedule(func, _vector(ow))
+        return hand_kernel(_schedule(func, _vector(ow)), "qconv_depthwise_nchw")
     except (RuntimeError, ValueError) as e:  # degenerate extents: a 1x1 output or kernel
         logger.debug("depthwise %s: plain loops (%s)", tuple(x_shape), e)
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return hand_kernel(func, "qconv_depthwise_plain")
 
 
 def _schedule(func: tirx.PrimFunc, vec: int) -> tirx.PrimFunc:
@@ -188,10 +189,10 @@ def depthwise_nhwc_func(x_shape: Sequence[int], x_dtype: str, kernel: tuple[int,
         sch.vectorize(ce)
         init = sch.decompose_reduction(blk_acc, ra)
         sch.vectorize(sch.get_loops(init)[-1])
-        func = sch.mod["main"]
+        return hand_kernel(sch.mod["main"], "qconv_depthwise_nhwc")
     except (RuntimeError, ValueError) as e:  # degenerate extents: a 1x1 output or kernel
         logger.debug("depthwise nhwc %s: plain loops (%s)", tuple(x_shape), e)
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return hand_kernel(func, "qconv_depthwise_plain")
 
 
 def depthwise_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,

@@ -37,6 +37,8 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from slimfx.backends.tvm.kernels import hand_kernel
+
 __all__ = ["NhwcPlan", "plan", "prep_te", "im2col_func", "reorder_weight"]
 
 
@@ -166,8 +168,7 @@ def im2col_func(p: NhwcPlan, dtype: str) -> tirx.PrimFunc:
     if lanes > 1:
         _, inner = sch.split(loops[-1], [None, lanes])
         sch.vectorize(inner)
-    func = sch.mod["main"]
-    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)
+    return hand_kernel(sch.mod["main"], "qconv_im2col_nhwc")
 
 
 def reorder_weight(w: np.ndarray, p: NhwcPlan) -> np.ndarray:

@@ -38,7 +38,7 @@ every call. Equal requests (same key) from several functions share one tensor.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -136,18 +136,46 @@ class _LoadTime:
 
 
 class LowerContext:
-    """What a lowering function may use: the block builder and constant helpers."""
+    """What a lowering function may use: the block builder, the target and constant helpers.
 
-    __slots__ = ("bb", "_static", "_vars", "_load", "_params")
+    Kernel choice reads the target from here (:attr:`target`, :meth:`has`), never from the
+    ambient ``tvm.target.Target.current()``: ``lower_graph(g, target=t)`` lowers for ``t``
+    whatever ``with`` block it runs in, and without a target the lowerings are the portable
+    ones (plain Relax ops and TE computes, which any TVM target can build).
 
-    def __init__(self, bb: relax.BlockBuilder, load: _LoadTime | None = None) -> None:
+    Attributes:
+        bb: the Relax block builder.
+        target: the TVM target lowered for, or ``None`` (portable lowerings).
+    """
+
+    __slots__ = ("bb", "target", "_features", "_static", "_vars", "_load", "_params")
+
+    def __init__(self, bb: relax.BlockBuilder, target: tvm.target.Target | None = None,
+                 load: _LoadTime | None = None) -> None:
         self.bb = bb
+        self.target = target
+        self._features: dict[str, bool] = {}  # feature name -> whether the target has it
         self._vars: dict[str, tvm.tirx.Var] = {}  # symbol name -> its TIR variable
         self._load = load if load is not None else _LoadTime()  # shared by the module
         self._params: dict[Hashable, relax.Var] = {}  # this function's load-time weights
         # is_static answers, keyed by the Relax expression itself (TVM objects hash and
         # compare by identity of the underlying node, whatever Python wrapper holds them).
         self._static: dict[Any, bool] = {}
+
+    @property
+    def is_cpu(self) -> bool:
+        """Whether the target is an LLVM CPU (where hand-scheduled TIR kernels run)."""
+        return self.target is not None and self.target.kind.name == "llvm"
+
+    def has(self, feature: str) -> bool:
+        """Whether the target is an LLVM CPU with ``feature``, an LLVM feature name
+        (``"avx2"``, ``"avx512vnni"``, ``"fma"``); ``False`` without a target."""
+        known = self._features.get(feature)
+        if known is None:
+            from slimfx.backends.tvm.targets import target_has_feature
+
+            known = self._features[feature] = target_has_feature(self.target, feature)
+        return known
 
     def is_static(self, expr: relax.Expr) -> bool:
         """Whether ``expr`` depends on constants only (no graph input).
@@ -357,7 +385,9 @@ def _unsupported(graph: Graph) -> list[Node]:
 
 
 def lower_graph(graph: Graph, func_name: str = "main", *,
-                more: Sequence[tuple[Graph, str]] = ()) -> tvm.IRModule:
+                more: Sequence[tuple[Graph, str]] = (),
+                target: tvm.target.Target | Mapping[str, Any] | str | None = None
+                ) -> tvm.IRModule:
     """Lowers ``graph`` to a Relax ``IRModule`` whose function ``func_name`` runs it.
 
     Args:
@@ -365,18 +395,28 @@ def lower_graph(graph: Graph, func_name: str = "main", *,
         func_name: the name of its Relax function.
         more: further ``(graph, function name)`` pairs lowered into the same module (e.g.
             the same graph bound to other batch sizes); kernels they share are added once.
+        target: the target the lowerings may specialise for (a ``tvm.target.Target``, a
+            target name such as ``"x86"`` or a target dict): on an x86 CPU the int8
+            convolutions and linears take the hand-scheduled VNNI / AVX2 kernels. ``None``
+            (the default) gives the portable lowerings; the ambient
+            ``tvm.target.Target.current()`` is not read.
 
     Raises:
         LoweringError: some nodes have no lowering (all are listed, with their
             source lines), or a lowering refused a node's attributes.
+        SlimfxError: an unknown target.
     """
     _ensure_builtin()
+    if target is not None and not isinstance(target, tvm.target.Target):
+        from slimfx.backends.tvm.targets import resolve_target
+
+        target = tvm.target.Target(resolve_target(target))
     bb = relax.BlockBuilder()
     load = _LoadTime()
     used: dict[str, dict[Hashable, relax.Var]] = {}
     for g, name in [(graph, func_name), *more]:
         _check_lowerable(g)
-        used[name] = _lower_function(bb, g, name, load)
+        used[name] = _lower_function(bb, g, name, target, load)
     mod = bb.get()
     return _add_load_fn(mod, used, load) if load.types else mod
 
@@ -421,10 +461,11 @@ def _check_lowerable(graph: Graph) -> None:
 
 
 def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str,
+                    target: tvm.target.Target | None,
                     load: _LoadTime) -> dict[Hashable, relax.Var]:
     """Lowers ``graph`` into the function ``func_name``; returns its load-time weights
     (its last parameters)."""
-    ctx = LowerContext(bb, load)
+    ctx = LowerContext(bb, target, load)
     params = [relax.Var(_param_name(v), relax.TensorType(ctx.relax_shape(v.shape),
                                                          to_tvm_dtype(v.dtype)))
               for v in graph.inputs]

@@ -142,7 +142,7 @@ def _qconv(nd: int):
     convolutions, run-time weights, out channels not a multiple of 16, symbolic shapes)."""
     def lower(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
         a = node.attrs
-        if isinstance(w, tvm.ir.expr.Constant) and nd == 2 and conv_int8.cpu_target() \
+        if isinstance(w, tvm.ir.expr.Constant) and nd == 2 and ctx.is_cpu \
                 and ctx.is_static_shape(x) \
                 and depthwise_int8.applies(ctx.shape_of(x), w.value.numpy(), a["groups"],
                                            ctx.dtype_of(x)):
@@ -154,7 +154,7 @@ def _qconv(nd: int):
         if isinstance(w, tvm.ir.expr.Constant) and not ctx.is_static(x) \
                 and ctx.is_static_shape(x):  # symbolic dims: the direct convolution
             wn = w.value.numpy()
-            if conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
+            if conv_int8.packable(ctx, ctx.dtype_of(x), wn, a["groups"]):
                 return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"],
                                              padding=a["padding"], dilation=a["dilation"],
                                              x_zero_point=a["x_zero_point"])
@@ -191,12 +191,12 @@ def _qconv_requantize(ctx: LowerContext, node: Node, rq: Node, x: Expr, w: Expr,
     requant = conv_int8.Requant.per_channel(
         wn.shape[0], r["multiplier"], r["shift"], r["out_zero_point"], r["qmin"], r["qmax"],
         to_tvm_dtype(r["out_dtype"]))
-    if rank == 4 and conv_int8.cpu_target() and \
+    if rank == 4 and ctx.is_cpu and \
             depthwise_int8.applies(ctx.shape_of(x), wn, a["groups"], ctx.dtype_of(x)):
         return depthwise_int8.depthwise_conv(
             ctx, x, wn, b, stride=a["stride"], padding=a["padding"], dilation=a["dilation"],
             x_zero_point=a["x_zero_point"], requant=requant)
-    if not conv_int8.packable(ctx.dtype_of(x), wn, a["groups"]):
+    if not conv_int8.packable(ctx, ctx.dtype_of(x), wn, a["groups"]):
         return None
     return conv_int8.packed_conv(ctx, x, wn, b, stride=a["stride"], padding=a["padding"],
                                  dilation=a["dilation"], x_zero_point=a["x_zero_point"],
@@ -230,7 +230,7 @@ def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
         off = node.attrs["x_zero_point"] + 128
     u = ctx.emit(R.reshape(u, [m, k]))
     corr = -off * w.astype(np.int64).sum(axis=1)
-    if conv_int8.vnni_target():  # the hand-scheduled vpdpbusd kernel (pads K to 4 itself)
+    if conv_int8.x86_isa(ctx) == "vnni":  # the hand-scheduled vpdpbusd kernel (pads K to 4)
         bias = b.value.numpy() if isinstance(b, tvm.ir.expr.Constant) else None
         acc = conv_int8.vnni_matmul(ctx, u, w, corr if bias is None else corr + bias)
         if b is not None and bias is None:
@@ -273,9 +273,9 @@ def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = N
             pass
         elif not ctx.is_static_shape(x):  # symbolic dims: the generic (exact) int32 matmul
             pass
-        elif conv_int8.avx2_target() and not conv_int8.vnni_target() and wn.shape[0] % 8 == 0:
+        elif conv_int8.x86_isa(ctx) == "avx2":  # (pads N to 8 itself)
             return _avx2_qlinear(ctx, node, x, wn, b)
-        elif ctx.dtype_of(x) in ("int8", "uint8") and (conv_int8.vnni_target() or (
+        elif ctx.dtype_of(x) in ("int8", "uint8") and (conv_int8.x86_isa(ctx) == "vnni" or (
                 wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0)):
             return _packed_qlinear(ctx, node, x, wn, b)
     xs = _shifted(ctx, x, node.attrs["x_zero_point"], "int32")
@@ -367,8 +367,8 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
     if fast:
         shape = ctx.shape_of(x)
         m, k = int(np.prod(shape[:-1])), shape[-1]
-    if fast and isinstance(w, tvm.ir.expr.Constant) and conv_int8.vnni_target() \
-            and ctx.dtype_of(w) == "int8" and ctx.shape_of(w)[0] % 16 == 0:
+    if fast and isinstance(w, tvm.ir.expr.Constant) and conv_int8.x86_isa(ctx) == "vnni" \
+            and ctx.dtype_of(w) == "int8":  # (vnni_matmul pads N to 16 and K to 4)
         # u = q + 128 in [1, 255] as uint8 on the vpdpbusd kernel, minus 128 * colsum(w):
         # the same integer sums, exact in int32, hence the same numbers as the float64 sum
         wn = w.value.numpy()
@@ -376,8 +376,7 @@ def dynamic_matmul(ctx: LowerContext, x: Expr, w: Expr, w_scale: tuple[float, ..
         corr = -128 * wn.astype(np.int64).sum(axis=1)
         acc_i = conv_int8.vnni_matmul(ctx, ctx.emit(R.reshape(u, [m, k])), wn, corr)
         acc = ctx.emit(R.reshape(ctx.cast(acc_i, "float64"), [*shape[:-1], wn.shape[0]]))
-    elif fast and isinstance(w, tvm.ir.expr.Constant) and conv_int8.avx2_target() \
-            and ctx.shape_of(w)[0] % 8 == 0:
+    elif fast and isinstance(w, tvm.ir.expr.Constant) and ctx.has("avx2"):
         # integer products summed in int32: the same numbers as the float64 sum (exact)
         qi = ctx.emit(R.reshape(ctx.cast(q, "int16"), [m, k]))
         acc_i = conv_int8.avx2_matmul(ctx, qi, w.value.numpy(), None)

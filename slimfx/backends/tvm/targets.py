@@ -19,7 +19,7 @@ from slimfx.errors import DeviceError, SlimfxError
 
 __all__ = ["KNOWN_TARGETS", "resolve_target", "host_cpu", "target_kind", "can_run_here",
            "use_cpu_threads", "target_cpu_features", "host_cpu_features",
-           "missing_cpu_features", "check_cpu_features"]
+           "missing_cpu_features", "check_cpu_features", "target_has_feature"]
 
 KNOWN_TARGETS = ("x86", "arm", "cuda", "cuda:sm_80", "cuda:sm_90")
 
@@ -89,6 +89,22 @@ def target_cpu_features(spec: Mapping[str, Any]) -> list[str]:
 
     feats = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(dict(spec)))
     return sorted(str(f) for f in feats if str(f) in table)
+
+
+def target_has_feature(target: Any, feature: str) -> bool:
+    """Whether the TVM ``target`` (a ``tvm.target.Target``) is an LLVM CPU with ``feature``.
+
+    ``feature`` is an LLVM name (``"avx2"``, ``"avx512vnni"``, ``"fma"``); ``False`` for
+    other kinds of targets, and for an LLVM built without that architecture.
+    """
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target.codegen import target_has_features
+
+    try:
+        return bool(target_has_features(feature, target))
+    except Exception:  # noqa: BLE001 - an LLVM without x86 support: no such feature
+        return False
 
 
 def host_cpu_features(kind: str = "x86") -> set[str] | None:

@@ -5,7 +5,9 @@ TVM's default CPU pipeline applies no schedule; fast code needs meta-schedule. T
 (tens of seconds each on small machines), so candidates are built and timed here, in this
 process. Results go to a JSON database under ``tuning_db`` (default
 ``~/.cache/slimfx/tuning``); a task whose workload already has a record is not tuned again,
-so a second compile of the same model does no tuning.
+so a second compile of the same model does no tuning. A time budget (``seconds``) stops the
+search once that many seconds have passed, the records found so far kept; :class:`TuneReport`
+says what a call spent (trials measured, seconds).
 
 The VNNI intrinsic ``dot_16x4_vnni`` that meta-schedule picks for AVX-512 VNNI CPUs is
 broken with TVM 0.27's LLVM 22 (``llvm.x86.avx512.vpdpbusd.512`` now takes ``<64 x i8>``
@@ -19,6 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,9 @@ class TuneReport:
     tasks: int  # tuning tasks extracted from the model
     tuned: int  # tasks that had no record in the database and were tuned
     trials: int  # trial budget spent (0 when every task was already in the database)
+    measured: int = 0  # candidates built and timed
+    seconds: float = 0.0  # wall time of the search (0 when nothing was tuned)
+    out_of_time: bool = False  # the time budget stopped the search before the trials
 
 
 def default_db_dir() -> Path:
@@ -185,7 +191,31 @@ def _builder_runner() -> tuple[Any, Any, Path]:
     return InProcessBuilder(), InProcessRunner(), work
 
 
-def _progress_callback(total: int, enabled: bool) -> Any:
+class _Budget:
+    """Counts measured candidates and ends the search once ``seconds`` have passed."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.start = time.monotonic()
+        self.seconds = seconds
+        self.measured = 0
+        self.out_of_time = False
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def after_batch(self, task_scheduler: Any, count: int) -> None:
+        """Called with each batch of measured candidates: terminates every task left when
+        the time is up (the scheduler then stops; the records so far are in the database)."""
+        self.measured += count
+        if self.seconds is None or self.out_of_time or self.elapsed() < self.seconds:
+            return
+        self.out_of_time = True
+        for i, record in enumerate(task_scheduler.tasks_):
+            if not record.is_terminated:
+                task_scheduler.terminate_task(i)
+
+
+def _progress_callback(total: int, enabled: bool, budget: _Budget) -> Any:
     from tqdm.auto import tqdm
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -197,6 +227,7 @@ def _progress_callback(total: int, enabled: bool) -> Any:
         def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list,
                   builder_results: list, runner_results: list) -> None:
             bar.update(len(measure_candidates))
+            budget.after_batch(task_scheduler, len(measure_candidates))
 
     return Progress(), bar
 
@@ -226,8 +257,8 @@ def _prepare_logging() -> None:
         ms_logger.setLevel(logging.WARNING)
 
 
-def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, progress: bool = True,
-         seed: int | None = 0) -> TuneReport:
+def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, seconds: float | None = None,
+         progress: bool = True, seed: int | None = 0) -> TuneReport:
     """Tunes the tasks of ``mod`` (a :func:`prepare`-d module) that the database lacks.
 
     Args:
@@ -235,6 +266,9 @@ def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, progress: bool = T
         target: a ``tvm.target.Target``.
         db_dir: directory of the JSON database (created if missing).
         trials: the global trial budget, split over the tasks to tune.
+        seconds: a time budget for the search, or ``None``. It is checked after each batch
+            of measured candidates (batches of at most 16 with a time budget, 64 without),
+            so the search may overrun it by one batch.
         progress: show a tqdm progress bar.
         seed: seed of the search (``None`` for a random one).
     """
@@ -258,13 +292,15 @@ def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, progress: bool = T
     if not pending:
         logger.info("tuning: all %d task(s) found in %s, nothing to tune", len(tasks), db_dir)
         return TuneReport(len(tasks), 0, 0)
-    logger.info("tuning %d of %d task(s) with %d trials", len(pending), len(tasks), trials)
+    logger.info("tuning %d of %d task(s) with %d trials%s", len(pending), len(tasks), trials,
+                "" if seconds is None else f" or {seconds:g} s")
+    budget = _Budget(seconds)
     work_dir = tempfile.mkdtemp(prefix="slimfx-ms-")
     _prepare_logging()
     contexts, weights = extracted_tasks_to_tune_contexts(pending, work_dir, seed=seed)
     builder, runner, build_dir = _builder_runner()
     per_task = max(1, trials // len(pending))
-    callback, bar = _progress_callback(min(trials, per_task * len(pending)), progress)
+    callback, bar = _progress_callback(min(trials, per_task * len(pending)), progress, budget)
     try:
         import importlib.util
 
@@ -272,7 +308,8 @@ def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, progress: bool = T
         ms.tune.tune_tasks(
             tasks=contexts, task_weights=weights, work_dir=work_dir,
             max_trials_global=trials, max_trials_per_task=per_task,
-            num_trials_per_iter=min(64, per_task), builder=builder, runner=runner,
+            num_trials_per_iter=min(64 if seconds is None else 16, per_task),
+            builder=builder, runner=runner,
             database=db, cost_model=cost_model,
             measure_callbacks=[*ms.MeasureCallback.create("default"), callback],
             task_scheduler="round-robin")
@@ -280,7 +317,11 @@ def tune(mod: Any, target: Any, db_dir: Path, *, trials: int, progress: bool = T
         bar.close()
         shutil.rmtree(work_dir, ignore_errors=True)
         shutil.rmtree(build_dir, ignore_errors=True)
-    return TuneReport(len(tasks), len(pending), trials)
+    if budget.out_of_time:
+        logger.info("tuning stopped by its time budget (%g s) after %d trials", seconds,
+                    budget.measured)
+    return TuneReport(len(tasks), len(pending), trials, budget.measured, budget.elapsed(),
+                      budget.out_of_time)
 
 
 # --------------------------------------------------------------------------- intrinsics

@@ -67,8 +67,7 @@ def test_scheduled_int8_model_is_bit_exact() -> None:
 def test_every_kernel_gets_a_parallel_schedule() -> None:
     g, _ = _graph_and_input()
     target = tvm.target.Target(resolve_target("x86"))
-    with target:
-        mod = lower_graph(g)
+    mod = lower_graph(g, target=target)
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning.prepare(mod, target)
         with target:

@@ -46,8 +46,7 @@ def _int8_chain(n: int) -> tuple[slimfx.ir.Graph, torch.Tensor]:
 def _scheduled_size(g: slimfx.ir.Graph) -> int:
     """Characters of the scheduled PrimFuncs' TVMScript (a proxy for expression size)."""
     target = tvm.target.Target(resolve_target("x86"))
-    with target:
-        mod = lower_graph(g)
+    mod = lower_graph(g, target=target)
     with tvm.transform.PassContext(opt_level=3):
         mod = tuning.prepare(mod, target)
         with target:

@@ -17,7 +17,7 @@ tvm = pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
 
 import slimfx  # noqa: E402
 from slimfx.backends.tvm import conv_int8  # noqa: E402
-from slimfx.backends.tvm.lower import lower_graph  # noqa: E402
+from slimfx.backends.tvm.lower import LowerContext, lower_graph  # noqa: E402
 from slimfx.ir import Graph, TensorType  # noqa: E402
 
 pytestmark = pytest.mark.tvm
@@ -83,10 +83,9 @@ def _graph() -> tuple[Graph, list[torch.Tensor], list[str]]:
 
 
 def _host_has(feature: str) -> bool:
-    from slimfx.backends.tvm.targets import resolve_target
+    from slimfx.backends.tvm.targets import resolve_target, target_has_feature
 
-    with tvm.target.Target(resolve_target("x86")):
-        return conv_int8._target_has(feature)
+    return target_has_feature(tvm.target.Target(resolve_target("x86")), feature)
 
 
 # The x86 kernels: the host's own target (VNNI where the CPU has it), and an AVX2 target
@@ -124,18 +123,18 @@ def test_dense_convs_use_the_packed_vnni_form() -> None:
     packed = sum(1 for c in CASES.values() if c[5] == 1 and c[1][0] % 16 == 0)
     assert text.count("qconv_dense_packed") >= packed
     assert text.count("R.nn.conv2d(") == 4  # depthwise x2, grouped, oc_not_16
-    assert conv_int8.packable("int8", np.zeros((32, 3, 3, 3), np.int8), 1)
-    assert not conv_int8.packable("int8", np.zeros((32, 1, 3, 3), np.int8), 32)
-    assert not conv_int8.packable("int8", np.zeros((24, 3, 3, 3), np.int8), 1)
+    portable = LowerContext(tvm.relax.BlockBuilder())  # no target
+    assert conv_int8.packable(portable, "int8", np.zeros((32, 3, 3, 3), np.int8), 1)
+    assert not conv_int8.packable(portable, "int8", np.zeros((32, 1, 3, 3), np.int8), 32)
+    assert not conv_int8.packable(portable, "int8", np.zeros((24, 3, 3, 3), np.int8), 1)
 
 
 def _x86_vnni():
     from slimfx.backends.tvm.targets import resolve_target
 
     target = tvm.target.Target(resolve_target("x86"))
-    with target:
-        if not conv_int8.vnni_target():
-            pytest.skip("this CPU has no AVX-512 VNNI")
+    if conv_int8.x86_isa(LowerContext(tvm.relax.BlockBuilder(), target)) != "vnni":
+        pytest.skip("this CPU has no AVX-512 VNNI")
     return target
 
 
@@ -150,8 +149,7 @@ def test_x86_vnni_lowering_is_hand_scheduled_and_not_tuned() -> None:
     w = g.add_constant(_q(32, 8, 3, 3, seed=1), "w")
     g.set_outputs([g.add("qconv2d", [x, w], dict(stride=[1, 1], padding=[1, 1],
                                                   dilation=[1, 1], x_zero_point=3))])
-    with target:
-        mod = lower_graph(g)
+    mod = lower_graph(g, target=target)
     dense = [gv for gv in mod.functions if gv.name_hint.startswith("qconv_vnni_dense")]
     assert len(dense) == 1
     func = mod[dense[0]]
@@ -180,8 +178,7 @@ def test_x86_avx2_lowering_is_hand_scheduled_im2col_and_pmaddwd() -> None:
     w = g.add_constant(_q(16, 3, 3, 3, seed=1), "w")
     g.set_outputs([g.add("qconv2d", [x, w], dict(stride=[1, 1], padding=[1, 1],
                                                   dilation=[1, 1], x_zero_point=3))])
-    with target:
-        mod = lower_graph(g)
+    mod = lower_graph(g, target=target)
     funcs = {gv.name_hint: mod[gv] for gv in mod.functions
              if isinstance(mod[gv], tvm.tirx.PrimFunc)}
     (dense,) = [f for n, f in funcs.items() if n.startswith("qconv_avx2_dense_49x30x16")]
@@ -201,7 +198,7 @@ def test_x86_avx2_lowering_is_hand_scheduled_im2col_and_pmaddwd() -> None:
     (12, 8, (3, 4)),    # 12 accumulators where the shapes allow
 ])
 def test_dense_tiles_fit_the_registers(m: int, blocks: int, tile: tuple[int, int]) -> None:
-    mi, nb = conv_int8._dense_tiles(m, blocks)
+    mi, nb = conv_int8.dense_tiles(m, blocks)
     assert (mi, nb) == tile
     assert m % mi == 0 and blocks % nb == 0 and mi * nb <= 12
 

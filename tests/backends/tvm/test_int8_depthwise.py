@@ -128,8 +128,7 @@ def mobile() -> tuple[slimfx.ir.Graph, torch.Tensor]:
 @pytest.mark.parametrize("target", list(_TARGETS))
 def test_depthwise_model_is_bit_exact(mobile: tuple, target: str) -> None:
     g, x = mobile
-    with tvm.target.Target(resolve_target(_TARGETS[target])):
-        mod = lower_graph(g)
+    mod = lower_graph(g, target=_TARGETS[target])
     names = [gv.name_hint for gv in mod.functions]
     assert sum(n.startswith("qconv_depthwise_nhwc_") and "_rq_int8_" in n for n in names) == 2
     # channels-last from the stem to the last kernel: one permute, of the output, is left

@@ -18,9 +18,8 @@ from torch import nn
 tvm = pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
 
 import slimfx  # noqa: E402
-from slimfx.backends.tvm import conv_int8  # noqa: E402
 from slimfx.backends.tvm.lower import lower_graph  # noqa: E402
-from slimfx.backends.tvm.targets import resolve_target  # noqa: E402
+from slimfx.backends.tvm.targets import resolve_target, target_has_feature  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -29,8 +28,7 @@ _AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-
 
 
 def _host_has(feature: str) -> bool:
-    with tvm.target.Target(resolve_target("x86")):
-        return conv_int8._target_has(feature)
+    return target_has_feature(tvm.target.Target(resolve_target("x86")), feature)
 
 
 class _Edges(nn.Module):
@@ -90,8 +88,7 @@ def test_fused_requantize_conv_is_bit_exact(graph: slimfx.ir.Graph, target: str)
 
 @pytest.mark.parametrize("target", list(_TARGETS))
 def test_every_packed_conv_writes_int8(graph: slimfx.ir.Graph, target: str) -> None:
-    with tvm.target.Target(resolve_target(_TARGETS[target])):
-        mod = lower_graph(graph)
+    mod = lower_graph(graph, target=_TARGETS[target])
     kind = "vnni" if target == "host" and _host_has("avx512vnni") else "avx2"
     dense = [gv.name_hint for gv in mod.functions if gv.name_hint.startswith("qconv_")
              and "_dense_" in gv.name_hint]
@@ -107,3 +104,14 @@ def test_fusion_declines_without_an_x86_target(graph: slimfx.ir.Graph) -> None:
     mod = lower_graph(graph)  # no target: the portable lowerings, requantize on its own
     assert "right_shift" in mod["main"].script()
     assert not any("_rq_" in gv.name_hint for gv in mod.functions)
+
+
+def test_lowering_ignores_the_ambient_target(graph: slimfx.ir.Graph) -> None:
+    """Kernel choice reads the target passed to ``lower_graph``, never ``with target:``."""
+    with tvm.target.Target(resolve_target(_AVX2)):
+        ambient = lower_graph(graph)
+    tvm.ir.assert_structural_equal(ambient, lower_graph(graph))
+    assert not any(gv.name_hint.startswith("qconv_avx2") for gv in ambient.functions)
+    with tvm.target.Target({"kind": "cuda", "arch": "sm_80"}):  # no effect the other way
+        explicit = lower_graph(graph, target=_AVX2)
+    assert any(gv.name_hint.startswith("qconv_avx2_dense") for gv in explicit.functions)

@@ -18,7 +18,7 @@ import torch
 tvm = pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
 
 import slimfx  # noqa: E402
-from slimfx.backends.tvm import conv_int8, im2col_nhwc  # noqa: E402
+from slimfx.backends.tvm import im2col_nhwc  # noqa: E402
 from slimfx.backends.tvm.lower import lower_graph  # noqa: E402
 from slimfx.ir import Graph, TensorType  # noqa: E402
 
@@ -76,10 +76,9 @@ def _graph() -> tuple[Graph, list[torch.Tensor], list[str]]:
 
 
 def _host_has(feature: str) -> bool:
-    from slimfx.backends.tvm.targets import resolve_target
+    from slimfx.backends.tvm.targets import resolve_target, target_has_feature
 
-    with tvm.target.Target(resolve_target("x86")):
-        return conv_int8._target_has(feature)
+    return target_has_feature(tvm.target.Target(resolve_target("x86")), feature)
 
 
 _AVX2 = {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell", "num-cores": 2}
@@ -146,8 +145,7 @@ def test_resnet18_convs_take_the_hand_kernels(resnet18_int8: Graph, target: str)
     from slimfx.backends.tvm.targets import resolve_target
     g = resnet18_int8
     tgt = tvm.target.Target(resolve_target(TARGETS[target]))
-    with tgt:
-        mod = tuning.prepare(lower_graph(g), tgt)
+    mod = tuning.prepare(lower_graph(g, target=tgt), tgt)
     names = [gv.name_hint for gv in mod.functions if isinstance(mod[gv], tvm.tirx.PrimFunc)]
     kind = "vnni" if target == "host" and _host_has("avx512vnni") else "avx2"
     convs = [n for n in g.nodes if n.op.name == "qconv2d"]
@@ -170,8 +168,6 @@ def test_linears_use_the_vnni_kernel_on_vnni_targets() -> None:
     AVX2 vpmaddwd one) on a VNNI target, K not a multiple of 4 included; results exact."""
     if not _host_has("avx512vnni"):
         pytest.skip("this CPU has no AVX-512 VNNI")
-    from slimfx.backends.tvm.targets import resolve_target
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(30, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 16)).eval()
@@ -179,8 +175,7 @@ def test_linears_use_the_vnni_kernel_on_vnni_targets() -> None:
     g = slimfx.trace(model, (x,))
     for q in (slimfx.quantize(g, pipeline="dynamic-int8"),
               slimfx.quantize(g, [(torch.randn(5, 30),) for _ in range(2)], "ptq-int8")):
-        with tvm.target.Target(resolve_target("x86")):
-            names = [gv.name_hint for gv in lower_graph(q).functions]
+        names = [gv.name_hint for gv in lower_graph(q, target="x86").functions]
         assert sum(n.startswith("qdense_vnni_") for n in names) == 2, names
         assert not any(n.startswith("qdense_avx2") for n in names)
         got = slimfx.compile(q, "x86", tuning_db=_DB, progress=False)(x)

@@ -13,9 +13,8 @@ from torch import nn
 tvm = pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
 
 import slimfx  # noqa: E402
-from slimfx.backends.tvm import conv_int8  # noqa: E402
 from slimfx.backends.tvm.lower import lower_graph  # noqa: E402
-from slimfx.backends.tvm.targets import resolve_target  # noqa: E402
+from slimfx.backends.tvm.targets import resolve_target, target_has_feature  # noqa: E402
 
 pytestmark = pytest.mark.tvm
 
@@ -26,8 +25,7 @@ _TARGETS: dict[str, Any] = {
 
 
 def _host_has(feature: str) -> bool:
-    with tvm.target.Target(resolve_target("x86")):
-        return conv_int8._target_has(feature)
+    return target_has_feature(tvm.target.Target(resolve_target("x86")), feature)
 
 
 @pytest.mark.parametrize("target", list(_TARGETS))
@@ -39,8 +37,7 @@ def test_odd_out_channels_take_the_hand_kernels_bit_exact(target: str) -> None:
                           nn.Flatten(), nn.Linear(12 * 5 * 5, 1000)).eval()
     x = torch.randn(1, 3, 5, 5)
     g = slimfx.quantize(slimfx.trace(model, (x,)), [(torch.randn_like(x),) for _ in range(3)])
-    with tvm.target.Target(resolve_target(_TARGETS[target])):
-        names = [gv.name_hint for gv in lower_graph(g).functions]
+    names = [gv.name_hint for gv in lower_graph(g, target=_TARGETS[target]).functions]
     assert sum("_dense_" in n and n.startswith("qconv_") for n in names) == 2, names
     if target == "host" and _host_has("avx512vnni"):
         assert any(n.startswith("qdense_vnni_") and n.endswith("x1008") for n in names), names

@@ -47,6 +47,41 @@ def test_tuning_database_is_reused(tmp_path, monkeypatch) -> None:
     np.testing.assert_allclose(second(x), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
+def test_time_budget_stops_tuning_and_a_second_compile_tunes_nothing(tmp_path) -> None:
+    """``tune_seconds`` ends a search whose trial budget would last far longer; the records
+    it found are used, and a second compile with the same database spends 0 s and 0 trials
+    tuning (measured by the report, not assumed)."""
+    g = _matmul_graph()
+    db = tmp_path / "db"
+    budget = 2.0
+    first = slimfx.compile(g, "x86", tune=100_000, tune_seconds=budget, tuning_db=db,
+                           progress=False)
+    r = first.tuning
+    assert r is not None and r.tuned == 1 and r.out_of_time
+    assert 1 <= r.measured < 100_000
+    # checked after each batch (<= 16 candidates, ~0.1-1 s each here): one batch of overrun
+    assert budget <= r.seconds < budget + 60, r
+    assert tuning.has_db(db)
+    second = slimfx.compile(g, "x86", tune=100_000, tune_seconds=budget, tuning_db=db,
+                            progress=False)
+    r2 = second.tuning
+    assert r2 is not None and (r2.tasks, r2.tuned, r2.measured) == (1, 0, 0), r2
+    assert r2.seconds == 0.0 and not r2.out_of_time
+    x = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    ref = x @ g.constants["w"].const.numpy()
+    for compiled in (first, second):
+        np.testing.assert_allclose(compiled(x), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_time_budget_needs_a_trial_budget() -> None:
+    with pytest.raises(slimfx.SlimfxError, match="tune=N"):
+        slimfx.compile(_matmul_graph(), "x86", tune_seconds=10)
+    for bad in (0, -1.5, "10", True):
+        with pytest.raises(slimfx.SlimfxError, match="tune_seconds must be a positive"):
+            slimfx.compile(_matmul_graph(), "x86", tune=8, tune_seconds=bad)
+
+
 def test_no_database_no_tuning(tmp_path) -> None:
     assert not tuning.has_db(tmp_path / "empty")
     with pytest.raises(slimfx.SlimfxError, match="non-negative"):
@@ -84,6 +119,6 @@ def test_int8_qlinear_tuned_with_vnni_is_bit_exact(tmp_path) -> None:
     target = tvm.target.Target(spec)
     # lowered under the target as slimfx.compile does: qlinear takes the hand-scheduled VNNI
     # dense (which tuning leaves alone); the module must use vpdpbusd either way
-    with tvm.transform.PassContext(opt_level=3), target:
-        mod = tuning.apply_db(tuning.prepare(lower_graph(g), target), target, db)
+    with tvm.transform.PassContext(opt_level=3):
+        mod = tuning.apply_db(tuning.prepare(lower_graph(g, target=target), target), target, db)
     assert "llvm.x86.avx512.vpdpbusd.512" in mod.script(), "the tuned dense does not use VNNI"

@@ -230,8 +230,7 @@ def test_w4a8_compiles_bit_exact_and_stores_packed(ptq, tmp_path):
 
     def constants(g, fn="main"):  # the constants of one Relax function after the folding
         target = tvm.target.Target(resolve_target("x86"))  # and fusion compile runs
-        with target:
-            mod = tuning.prepare(lower_graph(g), target)
+        mod = tuning.prepare(lower_graph(g, target=target), target)
         found = []
         tvm.relax.analysis.post_order_visit(
             mod[fn], lambda e: found.append(e.value.numpy())
