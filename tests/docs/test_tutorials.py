@@ -21,8 +21,10 @@ TUTORIALS = ROOT / "docs" / "tutorials"
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 # pages that compile with TVM (they need it installed), train or calibrate many times:
 # several seconds each
-NEEDS_TVM = {"quickstart.md", "custom_op.md"}
+NEEDS_TVM = {"quickstart.md", "custom_op.md", "dynamic_int8.md"}
 SLOW = NEEDS_TVM | {"pruning.md", "report.md", "qat.md"}
+# pages that need a package beyond slimfx's own dependencies: page -> (module, why)
+NEEDS_MODULE = {"dynamic_int8.md": ("transformers", "this tutorial quantizes a transformers BERT")}
 
 
 def code_blocks(path: Path) -> list[tuple[int, str]]:
@@ -47,7 +49,8 @@ def page_params() -> list[pytest.param]:
 
 def test_every_tutorial_has_code() -> None:
     names = {p.name for p in pages()}
-    assert {"quickstart.md", "custom_pass.md", "pruning.md", "report.md"} <= names
+    assert {"quickstart.md", "custom_pass.md", "pruning.md", "report.md", "dynamic_int8.md",
+            "rewrite.md"} <= names
     for page in pages():
         assert code_blocks(page), f"{page.name} has no ```python block"
 
@@ -76,6 +79,8 @@ def _restore_tables() -> Iterator[None]:
 def test_tutorial_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if page.name in NEEDS_TVM:
         pytest.importorskip("tvm", reason="this tutorial compiles with TVM (apache-tvm)")
+    if page.name in NEEDS_MODULE:
+        pytest.importorskip(NEEDS_MODULE[page.name][0], reason=NEEDS_MODULE[page.name][1])
     monkeypatch.chdir(tmp_path)
     module = types.ModuleType(f"tutorial_{page.stem}")  # dataclasses look their module up
     monkeypatch.setitem(sys.modules, module.__name__, module)
