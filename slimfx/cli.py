@@ -31,7 +31,7 @@ from typing import NoReturn
 
 from slimfx.errors import SlimfxError
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _pipelines(name: str | None) -> int:
@@ -98,13 +98,8 @@ def _report(e: SlimfxError, verbose: bool) -> int:
     return 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``slimfx`` script; returns the exit status.
-
-    Bad input (unknown pipeline or pass names, malformed pipeline strings, bad
-    arguments, any :class:`~slimfx.errors.SlimfxError`) prints one line to stderr
-    and returns 2; ``-v`` prints the traceback too.
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The ``slimfx`` argument parser (every subcommand), without running anything."""
     from slimfx import __version__
     from slimfx._cli import add_parsers
 
@@ -132,6 +127,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--no-compile", action="store_true", help="stop after int8")
     d.add_argument("--threads", type=int, default=1, help="CPU threads (0 = library defaults)")
     add_parsers(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slimfx`` script; returns the exit status.
+
+    Bad input (unknown pipeline or pass names, malformed pipeline strings, bad
+    arguments, any :class:`~slimfx.errors.SlimfxError`) prints one line to stderr
+    and returns 2; ``-v`` prints the traceback too.
+    """
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or bad usage already reported in one line

@@ -23,7 +23,18 @@ __all__ = ["Match", "Pattern", "OpPattern", "wildcard", "is_const", "is_op", "ma
 
 
 class Match:
-    """What a pattern matched: values and nodes by pattern, and the root node."""
+    """What a pattern matched: values and nodes by pattern, and the root node.
+
+    Read it by the names given with :meth:`Pattern.named`: ``match.value("x")`` (or
+    ``match["x"]``) is the value a named pattern matched, ``match.node("conv")`` the node
+    producing the value of a named op pattern; ``"x" in match`` tells whether a name was
+    bound. ``nodes`` lists the nodes matched by op patterns, the root first.
+    docs/tutorials/rewrite.md walks through a rule that uses them.
+
+    Attributes:
+        root: the node the match is rooted at (whose first result the pattern matched).
+        nodes: the nodes matched by op patterns, root first.
+    """
 
     def __init__(self, root: Node) -> None:
         self.root = root
@@ -69,7 +80,12 @@ class Pattern:
         self.constraints: list[Callable[[Value, Match], str | None]] = []
 
     def named(self, name: str) -> Pattern:
-        """Binds the matched value under ``name`` in the :class:`Match`."""
+        """Binds the matched value under ``name`` in the :class:`Match`; returns ``self``.
+
+        Names are how a rule reads its match (``match.value(name)``, ``match.node(name)``).
+        Naming does not make two patterns equal: to require the same value at two places,
+        use one pattern object twice (``x = wildcard(); is_op("mul")(x, is_op("sigmoid")(x))``).
+        """
         self.name = name
         return self
 

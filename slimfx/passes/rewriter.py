@@ -52,7 +52,19 @@ class RewriteListener:
 
 
 class Rewriter:
-    """Edits a graph and notifies listeners. New nodes go before ``anchor``."""
+    """Edits a graph and notifies listeners. New nodes go before ``anchor``.
+
+    Rules edit only through it, so that the driver (a :class:`RewriteListener`) re-enqueues
+    the nodes around each edit. :func:`apply_rules` sets ``anchor`` to the root of the
+    current match; used on its own, pass ``before=`` to :meth:`create`.
+
+    Args:
+        graph: the graph to edit, in place.
+        listeners: notified of every created, erased or changed node and replaced value.
+
+    Attributes:
+        changed: whether any edit was made.
+    """
 
     def __init__(self, graph: Graph, listeners: Sequence[RewriteListener] = ()) -> None:
         self.graph = graph
@@ -68,7 +80,24 @@ class Rewriter:
     def create(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None,
                types: Sequence[TensorType] | None = None, *, name: str | None = None,
                source: Source | None = None, before: Node | None = None) -> Node:
-        """Creates a node before ``before`` (default: the root of the current match)."""
+        """Creates a node before ``before`` (default: the root of the current match).
+
+        Args:
+            op: the op name.
+            inputs: its operands.
+            attrs: its attributes (defaults from the op definition for the others).
+            types: the result types; inferred from the operands when ``None``.
+            name: the name of the (first) result; derived from ``op`` when ``None``.
+            source: the source location; default the anchor's, so errors and pictures
+                still point at the user's model line.
+            before: the node to insert before.
+
+        Returns:
+            The new node (its results are ``node.outputs``).
+
+        Raises:
+            PassError: there is no insertion point (no match root and no ``before``).
+        """
         anchor = before or self.anchor
         if anchor is None:
             raise PassError("Rewriter.create: no insertion point; pass before=")
@@ -80,6 +109,7 @@ class Rewriter:
 
     def add_constant(self, tensor: torch.Tensor, name: str,
                      qparams: QParams | None = None) -> Value:
+        """Adds a constant (a folded weight, say) under a unique name derived from ``name``."""
         self.changed = True
         return self.graph.add_constant(tensor, name, qparams)
 

@@ -21,8 +21,11 @@ TUTORIALS = ROOT / "docs" / "tutorials"
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 # pages that compile with TVM (they need it installed), train or calibrate many times:
 # several seconds each
-NEEDS_TVM = {"quickstart.md", "custom_op.md"}
+NEEDS_TVM = {"quickstart.md", "custom_op.md", "dynamic_int8.md", "deploy_arm.md",
+             "deploy_cuda.md", "rpc.md"}
 SLOW = NEEDS_TVM | {"pruning.md", "report.md", "qat.md"}
+# pages that need a package beyond slimfx's own dependencies: page -> (module, why)
+NEEDS_MODULE = {"dynamic_int8.md": ("transformers", "this tutorial quantizes a transformers BERT")}
 
 
 def code_blocks(path: Path) -> list[tuple[int, str]]:
@@ -47,9 +50,27 @@ def page_params() -> list[pytest.param]:
 
 def test_every_tutorial_has_code() -> None:
     names = {p.name for p in pages()}
-    assert {"quickstart.md", "custom_pass.md", "pruning.md", "report.md"} <= names
+    assert {"quickstart.md", "custom_pass.md", "pruning.md", "report.md", "dynamic_int8.md",
+            "rewrite.md"} <= names
     for page in pages():
         assert code_blocks(page), f"{page.name} has no ```python block"
+
+
+def _missing_environment(page: str) -> str | None:
+    """Why a deployment page cannot run here (the tools it needs are absent), or None."""
+    if page == "deploy_arm.md":
+        from slimfx.backends.tvm import arm_env
+
+        if arm_env.find_env() is None:
+            return f"aarch64 qemu environment not set up ({arm_env.missing_reason()}); " \
+                   "run `make arm-env`"
+    if page == "deploy_cuda.md":
+        from slimfx.backends.tvm import cuda_check
+
+        if cuda_check.find_nvcc() is None and not cuda_check._has_nvrtc():
+            return "compiling for CUDA needs nvcc or NVRTC " \
+                   "(`pip install nvidia-cuda-nvrtc cuda-bindings`)"
+    return None
 
 
 @pytest.fixture
@@ -76,6 +97,11 @@ def _restore_tables() -> Iterator[None]:
 def test_tutorial_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if page.name in NEEDS_TVM:
         pytest.importorskip("tvm", reason="this tutorial compiles with TVM (apache-tvm)")
+    if page.name in NEEDS_MODULE:
+        pytest.importorskip(NEEDS_MODULE[page.name][0], reason=NEEDS_MODULE[page.name][1])
+    missing = _missing_environment(page.name)
+    if missing:
+        pytest.skip(missing)
     monkeypatch.chdir(tmp_path)
     module = types.ModuleType(f"tutorial_{page.stem}")  # dataclasses look their module up
     monkeypatch.setitem(sys.modules, module.__name__, module)

@@ -62,6 +62,16 @@ def _split(ctx: LowerContext, node: Node, x: Expr) -> list[Expr]:
 def _slice(ctx: LowerContext, node: Node, x: Expr) -> Expr:
     a = node.attrs
     axis = norm_axis(a["axis"], ctx.rank_of(x))
+    if type(a["start"]) is not int or type(a["end"]) is not int:
+        # a symbolic bound (``arange(n)[:B]``, ``position_ids[:, :S]``) on a static axis:
+        # type inference took 0 <= start <= end <= size, and the frontend checked it
+        size = ctx.static_dim(x, axis)
+        end = size if type(a["end"]) is int and a["end"] >= size else a["end"]
+        if a["step"] <= 0 or (type(a["start"]) is int and a["start"] < 0):
+            raise LoweringError(f"a slice with a symbolic bound needs start >= 0 and step >= 1, "
+                                f"got start={a['start']}, step={a['step']}")
+        return R.strided_slice(x, [axis], [ctx.dim(a["start"])], [ctx.dim(end)], [a["step"]],
+                               assume_inbound=True)
     start, end, step = slice(a["start"], a["end"], a["step"]).indices(ctx.static_dim(x, axis))
     if step <= 0:
         raise LoweringError(f"slice step must be positive, got {a['step']}")

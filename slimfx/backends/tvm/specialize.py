@@ -100,7 +100,7 @@ def bind_symbols(graph: Graph, bindings: Mapping[str, int]) -> Graph:
     for v in g.values():
         v.type = substitute_type(v.type, bindings)
     for node in g.nodes:
-        dims = [a.name for a in node.op.attrs if a.kind == "dims"]
+        dims = [a.name for a in node.op.attrs if a.kind in ("dims", "dim")]
         updates = {k: _subst_attr(node.attrs[k], bindings) for k in dims
                    if node.attrs[k] is not None}
         if any(updates[k] != node.attrs[k] for k in updates):

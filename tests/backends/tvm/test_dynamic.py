@@ -280,6 +280,34 @@ def test_a_lowering_that_needs_static_shapes_names_the_node() -> None:
     assert torch.equal(c(x), x[:, 1:])
 
 
+def _positions() -> Graph:
+    """x + arange(8)[:N]: a slice of a constant whose end is a symbol (BERT's position ids)."""
+    g = Graph()
+    n = g.add_symbol("N", 1, 8)
+    x = g.add_input("x", TensorType((n,), "i64"))
+    positions = g.add_constant(torch.arange(8), "positions")
+    head = g.add("slice", [positions], {"axis": 0, "start": 0, "end": n}, name="head")
+    g.set_outputs([g.add("add", [x, head], name="shifted")])
+    return g
+
+
+def test_slice_with_a_symbolic_end_compiles() -> None:
+    g = _positions()
+    assert "%head" in batch_symbols(g)["N"]  # samples differ: no per-sample loop
+    c = slimfx.compile(g, "x86")
+    for n in (1, 5, 8):
+        x = torch.randint(-9, 9, (n,))
+        assert torch.equal(torch.as_tensor(c(x)), x + torch.arange(n)), n
+
+
+def test_binding_a_symbol_reaches_dim_attributes() -> None:
+    bound = bind_symbols(_positions(), {"N": 3})  # verified: end=N became 3 with the types
+    assert bound.node("head").attrs["end"] == 3 and str(bound.outputs[0].type) == "i64[3]"
+    c = slimfx.compile(_positions(), "x86", shapes={"x": (3,)})
+    x = torch.tensor([4, 5, 6])
+    assert torch.equal(torch.as_tensor(c(x)), torch.tensor([4, 6, 8]))
+
+
 # --------------------------------------------------------------------------- input checks
 def test_out_of_range_and_wrong_static_dims_are_refused(cnn) -> None:
     _, c = cnn
