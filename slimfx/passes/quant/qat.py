@@ -138,8 +138,9 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
             is ``prepare_qat(graph, data, mixed_precision(graph, data, budget).qconfig)``:
             the budget holds for the program training starts from (``convert`` of the
             untrained module is the chosen post-training program), not for the trained one
-            (training is meant to narrow the drop; measure the trained program again). For the search's step
-            table, call ``mixed_precision`` and pass its ``qconfig``.
+            (training is meant to narrow the drop; measure the trained program again).
+            For the search's step table, call ``mixed_precision`` and pass its
+            ``qconfig``.
 
     Returns:
         The graph with ``fake_quantize`` nodes; run it with :func:`slimfx.to_torch`.
