@@ -3,7 +3,8 @@
 - :class:`Pass` / :class:`PassResult`: the contract (frozen dataclass, ``run(graph, ctx)``);
 - :func:`register_pass` / :func:`register_pipeline`: the registry by name;
 - :class:`Pipeline`: nested pass sequences, parsed from and printed to strings;
-- :class:`PassContext`: instruments (timing, print-IR-after, verify, dump) and analyses;
+- :class:`PassContext`: instruments (timing, print-IR-after, verify, dump, per-pass report) and
+  analyses;
 - ``slimfx.passes.rewriter``: declarative patterns, rewrite rules and a worklist driver.
 
 Built-in passes (``dce``, ``fold-constants``, ``remove-identity``, ``fold-bn``,
@@ -19,6 +20,8 @@ from slimfx.passes.instruments import (
     DumpToDir,
     Instrument,
     PassRecord,
+    PassReport,
+    PassReportRow,
     PrintIRAfter,
     Timing,
     VerifyAfterEach,
@@ -41,6 +44,8 @@ __all__ = [
     "Pass",
     "PassContext",
     "PassRecord",
+    "PassReport",
+    "PassReportRow",
     "PassResult",
     "Pipeline",
     "PrintIRAfter",

@@ -5,8 +5,8 @@ Passes: ``insert-observers``, ``calibrate``, ``quantize-dequantize``,
 ``hoist-passthrough``, ``qdq-to-int8``, ``quantize-dynamic-int8``, ``cast-half``,
 ``bias-correction``, ``insert-fake-quant``, ``record-conv-bn``, ``insert-conv-bn``,
 ``equalize-cross-layer``, ``absorb-bias``, ``smooth-quant``, ``adaround``.
-Pipelines: ``ptq-int8`` (prepare half), ``ptq-int8-cle``, ``convert-int8``, ``qat-int8``,
-``qat-int8-bn``, ``dynamic-int8``, ``fp16``, ``bf16``.
+Pipelines: ``ptq-int8`` (prepare half), ``ptq-int8-cle``, ``ptq-int8-adaround``,
+``convert-int8``, ``qat-int8``, ``qat-int8-bn``, ``dynamic-int8``, ``fp16``, ``bf16``.
 Functions: :func:`calibrate`, :func:`quantize`, :func:`report`, :func:`prepare_qat`,
 :func:`convert` (quantization-aware training), :func:`sensitivity` (per-layer
 sensitivity to quantization), :func:`mixed_precision` and :class:`Budget` (float/int8 per

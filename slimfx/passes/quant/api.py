@@ -150,7 +150,9 @@ def quantize(graph: Graph, data: Iterable[Any] | None = None, pipeline: str = "p
         input_fn: ``batch -> inputs``, applied to each batch of ``data`` first (see
             :mod:`~slimfx.passes.quant.arguments`).
         budget: a :class:`~slimfx.passes.quant.mixed_precision.Budget` (``ptq-int8``
-            only): the layers whose int8 form costs too much stay float; see
+            only; with ``precisions=("w4a8", "int8")`` layers start at 4-bit weights; for
+            QAT, ``slimfx.prepare_qat(graph, data, budget=...)``): the layers whose int8 form
+            costs too much stay float; see
             :func:`~slimfx.passes.quant.mixed_precision.mixed_precision` for the search and
             its report.
 
@@ -185,9 +187,19 @@ def _with_budget(g: Graph, data: Iterable[Any] | None, pipeline: Any, qconfig: Q
                  bias_correction: bool) -> Graph:
     from slimfx.passes.quant.mixed_precision import mixed_precision
 
+    if str(pipeline) in ("qat-int8", "qat-int8-bn"):
+        fold = ", fold_bn='batch-stats'" if str(pipeline) == "qat-int8-bn" else ""
+        raise QuantizationError(
+            f"slimfx.quantize: pipeline {str(pipeline)!r} prepares quantization-aware "
+            "training, which quantize does not run; for a budget with QAT use "
+            f"slimfx.prepare_qat(graph, data{fold}, budget=...) (the layers' precisions are "
+            "chosen by the post-training search, then prepared for training), train "
+            "slimfx.to_torch(prepared) and slimfx.convert(module)")
     if pipeline != "ptq-int8" or form != "int8" or bias_correction:
         raise QuantizationError("slimfx.quantize: budget= works with pipeline 'ptq-int8', "
-                                "form='int8' and no bias_correction for now; got "
+                                "form='int8' and no bias_correction for now (4-bit weights: "
+                                "Budget(precisions=('w4a8', 'int8')); QAT: "
+                                "slimfx.prepare_qat(..., budget=)); got "
                                 f"pipeline={str(pipeline)!r}, form={form!r}, "
                                 f"bias_correction={bias_correction}")
     return mixed_precision(g, data, budget, qconfig=qconfig, num_batches=num_batches,

@@ -5,7 +5,10 @@
 (``bias-correction``, which needs the calibration data) and run ``convert-int8``
 (``quantize-dequantize,hoist-passthrough,qdq-to-int8``); :func:`slimfx.quantize` runs
 all of it as one pipeline, :data:`PTQ_FULL`. ``ptq-int8-cle`` is ``ptq-int8`` with
-``equalize-cross-layer`` after ``fold-bn``. ``qat-int8`` is the ``ptq-int8`` preparation,
+``equalize-cross-layer`` after ``fold-bn``. ``ptq-int8-adaround`` is ``ptq-int8`` with
+``adaround`` after the observers: :func:`slimfx.quantize` calibrates (and, with
+``bias_correction=True``, corrects the biases) first, then AdaRound learns the rounding of
+each weight on the same data, then ``convert-int8``. ``qat-int8`` is the ``ptq-int8`` preparation,
 ``calibrate`` and ``insert-fake-quant`` (see :func:`slimfx.prepare_qat`); ``qat-int8-bn``
 the same with BatchNorm trained on batch statistics (``record-conv-bn`` first,
 ``insert-conv-bn`` last). ``convert-qat`` turns the trained graph into the integer
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from slimfx.passes.registry import register_pipeline
 
-__all__ = ["PTQ_PREPARE", "PTQ_CLE_PREPARE", "QAT_PREPARE", "QAT_BN_PREPARE", "CONVERT_INT8",
+__all__ = ["PTQ_PREPARE", "PTQ_CLE_PREPARE", "PTQ_ADAROUND_PREPARE", "QAT_PREPARE", "QAT_BN_PREPARE", "CONVERT_INT8",
            "CONVERT_QAT", "PTQ_FULL"]
 
 PTQ_PREPARE = "remove-identity,fold-bn,fuse-activation,dce,insert-observers"
@@ -38,6 +41,12 @@ register_pipeline("ptq-int8-cle", PTQ_CLE_PREPARE,
                   "static int8, prepare half, with cross-layer equalization of the weight ranges "
                   "after fold-bn (helps per-tensor weights); then slimfx.calibrate and "
                   "convert-int8")
+PTQ_ADAROUND_PREPARE = PTQ_PREPARE + ",adaround"
+
+register_pipeline("ptq-int8-adaround", PTQ_ADAROUND_PREPARE,
+                  "static int8 with AdaRound: the ptq-int8 passes, then (after slimfx.quantize's "
+                  "calibrate on ctx.data) adaround learns each weight's rounding up or down on "
+                  "the same data; then convert-int8")
 QAT_PREPARE = PTQ_PREPARE + ",calibrate,insert-fake-quant"
 
 register_pipeline("qat-int8", QAT_PREPARE,

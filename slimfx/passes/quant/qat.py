@@ -3,6 +3,8 @@
 ::
 
     gq = slimfx.prepare_qat(g, calib)          # fold BN, fuse, observe, calibrate, fake-quant
+    # or slimfx.prepare_qat(g, calib, budget=slimfx.Budget(max_drop=...)): layers chosen
+    # float / int8 / w4a8 by the post-training mixed-precision search first
     m = slimfx.to_torch(gq)                    # an nn.Module whose parameters train
     m.train(); ...your loop, any optimizer...; m.eval()
     g8 = slimfx.convert(m)                     # the exact integer program that was trained
@@ -63,7 +65,7 @@ the wrapper, and the replicas hold the same weights and scales after every step.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -91,6 +93,9 @@ from slimfx.passes.quant.qat_bn import (
 )
 from slimfx.passes.quant.qconfig import QConfig
 
+if TYPE_CHECKING:
+    from slimfx.passes.quant.mixed_precision import Budget
+
 __all__ = ["prepare_qat", "convert", "freeze_bn_stats", "update_bn_stats", "freeze_observers",
            "FOLD_BN_MODES"]
 
@@ -103,7 +108,7 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
                 fold_bn: Literal["batch-stats", "running"] = "running",
                 num_batches: int | None = None, progress: bool = False,
                 input_fn: Callable[[Any], Any] | None = None,
-                ctx: PassContext | None = None) -> Graph:
+                ctx: PassContext | None = None, budget: Budget | None = None) -> Graph:
     """A copy of ``graph`` ready for quantization-aware training (see the module docstring).
 
     Args:
@@ -125,6 +130,17 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
             ``(inputs, labels)`` (as for :func:`slimfx.calibrate`).
         ctx: the :class:`PassContext` every pass runs under (instruments); a fresh one by
             default. ``prepare_qat`` sets its ``data`` and ``qconfig`` attributes.
+        budget: a :class:`~slimfx.passes.quant.mixed_precision.Budget`: first choose the
+            precision of each layer (float / int8, or w4a8 with ``Budget(precisions=("w4a8",
+            "int8"))``) by the post-training search of
+            :func:`~slimfx.passes.quant.mixed_precision.mixed_precision` on ``data``, then
+            prepare that configuration for training (``qconfig`` is the search's base). It
+            is ``prepare_qat(graph, data, mixed_precision(graph, data, budget).qconfig)``:
+            the budget holds for the program training starts from (``convert`` of the
+            untrained module is the chosen post-training program), not for the trained one
+            (training is meant to narrow the drop; measure the trained program again).
+            For the search's step table, call ``mixed_precision`` and pass its
+            ``qconfig``.
 
     Returns:
         The graph with ``fake_quantize`` nodes; run it with :func:`slimfx.to_torch`.
@@ -163,6 +179,12 @@ def prepare_qat(graph: Graph, data: Iterable[Any] | None = None,
     ctx = ctx if ctx is not None else PassContext()
     data = with_input_fn(check_data(data, "slimfx.prepare_qat"), input_fn,
                          "slimfx.prepare_qat")
+    if budget is not None:
+        from slimfx.passes.quant.mixed_precision import mixed_precision
+
+        data = list(data)  # read by the search and then by calibrate
+        qconfig = mixed_precision(g, data, budget, qconfig=qconfig, num_batches=num_batches,
+                                  progress=progress).qconfig
     setattr(ctx, "data", data)  # noqa: B010  (calibrate)
     setattr(ctx, "qconfig", qconfig or QConfig.preset())  # noqa: B010  (insert-observers)
     steps = []

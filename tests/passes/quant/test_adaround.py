@@ -11,10 +11,11 @@ from torch import nn
 
 import slimfx
 from slimfx.errors import PassError, PipelineError
-from slimfx.passes import Pipeline
+from slimfx.passes import PassContext, Pipeline
 from slimfx.passes.quant import OpQConfig, QConfig, adaround, calibrate, prepare_ptq
 from slimfx.passes.quant.qconfig import WEIGHT_INT8
 from slimfx.passes.quant.quantize_dequantize import observer_qparams
+from slimfx.passes.quant.report import sqnr
 
 W4 = QConfig(default=OpQConfig(weight=replace(WEIGHT_INT8, qmin=-7, qmax=7)))
 
@@ -92,3 +93,28 @@ def test_refusals_and_bad_input() -> None:
     with pytest.raises(PassError, match="'adaround' needs calibration data"):
         Pipeline("adaround")(prepare_ptq(g))
     assert not adaround(g.clone(), data).changed  # a float graph: nothing observed
+
+
+def _output_sqnr(m: nn.Module, g: slimfx.Graph, data: list[torch.Tensor]) -> float:
+    mod = slimfx.to_torch(g, trainable=False)
+    with torch.no_grad():
+        ref = torch.cat([m(x) for x in data]).double()
+        out = torch.cat([mod(x) for x in data]).double()
+    return sqnr(float((ref ** 2).sum()), float(((ref - out) ** 2).sum()))
+
+
+def test_named_pipeline_runs_through_quantize_and_beats_plain_ptq() -> None:
+    m, data, g = _net()
+    names = [p.name for p in Pipeline("ptq-int8-adaround").passes]
+    assert names == [p.name for p in Pipeline("ptq-int8").passes] + ["adaround"]
+    ctx = PassContext()
+    ada = slimfx.quantize(g, data, "ptq-int8-adaround", ctx=ctx)
+    assert ctx.history[ctx.history.index("insert-observers"):] == [
+        "insert-observers", "calibrate", "adaround", "quantize-dequantize",
+        "hoist-passthrough", "qdq-to-int8", "dce"]
+    assert len(ada.find("qlinear")) == 2 and not ada.find("observer")
+    plain = slimfx.quantize(g, data, "ptq-int8")
+    # on the data it learned from (measured: 36.68 -> 36.83 dB; int8 activations dominate)
+    assert _output_sqnr(m, ada, data) >= _output_sqnr(m, plain, data)
+    wp, wa = (q.find("qlinear")[0].inputs[1].const for q in (plain, ada))
+    assert not torch.equal(wp, wa)

@@ -195,3 +195,57 @@ def test_target_measures_compiled_latency_of_every_step(net) -> None:
     assert r.float_latency_ms is not None and r.float_latency_ms > 0
     text = str(r)
     assert "latency ms" in text and "fp32" in text
+
+
+def _weight_fake_quant(prepared: slimfx.Graph) -> dict[str, int]:
+    """linear -> qmax of the fake_quantize on its weight (layers without one are float)."""
+    out = {}
+    for n in prepared.find("linear"):
+        fq = n.inputs[1].producer
+        if fq is not None and fq.op.name == "fake_quantize":
+            out[n.name] = fq.attrs["qmax"]
+    return out
+
+
+def test_qat_budget_prepares_the_chosen_configuration(net) -> None:
+    m, data, g = net
+    budget = slimfx.Budget(max_drop=1e-3)
+    prepared = slimfx.prepare_qat(g, iter(data), budget=budget)  # one-shot data is enough
+    assert _weight_fake_quant(prepared) == {"fc2": 127, "fc3": 127}  # fc1 trains in float
+    # training starts from exactly the program the post-training search chose
+    chosen = mixed_precision(g, data, budget).graph
+    untrained = slimfx.convert(slimfx.to_torch(prepared))
+    assert _float_linears(untrained) == {"fc1"}
+    x = torch.randn(32, 8)
+    with torch.no_grad():
+        assert torch.equal(slimfx.to_torch(untrained)(x), slimfx.to_torch(chosen)(x))
+    assert 1 - _cosine(m, untrained, data) <= 1e-3
+    # it trains and converts like any QAT module
+    module = slimfx.to_torch(prepared)
+    opt = torch.optim.Adam(module.parameters(), 1e-3)
+    module.train()
+    for x in data:
+        opt.zero_grad()
+        ((module(x) - m(x).detach()) ** 2).mean().backward()
+        opt.step()
+    module.eval()
+    trained = slimfx.convert(module)
+    assert _float_linears(trained) == {"fc1"} and len(trained.find("qlinear")) == 2
+
+
+def test_w4a8_and_qat_budgets_through_the_public_calls() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                      nn.Linear(32, 8)).eval()
+    data = [torch.randn(32, 16) for _ in range(2)]
+    g = slimfx.trace(m, (data[0],))
+    lax = slimfx.Budget(max_drop=0.5, precisions=("w4a8", "int8"))
+    q = slimfx.quantize(g, data, budget=lax)
+    assert {int(w.const.abs().max()) for name, w in q.constants.items()
+            if name.endswith(".weight.q")} == {7}  # every layer at 4-bit weights
+    prepared = slimfx.prepare_qat(g, data, budget=lax)
+    assert set(_weight_fake_quant(prepared).values()) == {7}
+    with pytest.raises(QuantizationError, match=r"slimfx.prepare_qat\(graph, data, budget="):
+        slimfx.quantize(g, data, "qat-int8", budget=lax)
+    with pytest.raises(QuantizationError, match="fold_bn='batch-stats', budget="):
+        slimfx.quantize(g, data, "qat-int8-bn", budget=lax)
