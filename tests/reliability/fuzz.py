@@ -111,23 +111,38 @@ def _problems(r: Report) -> list[str]:
 
 
 def _graphs(args: argparse.Namespace) -> int:
-    from tests.reliability.fuzz_graphs import PIPELINES, GraphReport, draw_specs, run_bundle
+    from tests.reliability.fuzz_graphs import (
+        PIPELINES,
+        GraphReport,
+        draw_specs,
+        run_bundle,
+        run_bundle_isolated,
+    )
+    from tests.reliability.fuzz_worker import Worker
 
     pipelines = [p for p in args.graph_pipelines.split(",") if p] or list(PIPELINES)
     specs = draw_specs(args.graphs, args.seed + 3)
     report = GraphReport()
+    worker = None if args.no_isolate else Worker(timeout_s=args.timeout)
     for i in range(0, len(specs), args.graph_bundle):
-        run_bundle(specs[i:i + args.graph_bundle], pipelines, report)
+        bundle = specs[i:i + args.graph_bundle]
+        if worker is None:
+            run_bundle(bundle, pipelines, report)
+        else:
+            run_bundle_isolated(bundle, pipelines, report, worker)
         if args.out:
             Path(args.out + ".graphs").write_text(
                 "\n".join([report.table(), *("GRAPH " + d for d in report.details)]) + "\n")
         if args.verbose:
-            logging.info("graphs %d/%d: %d mismatches", min(i + args.graph_bundle, len(specs)),
-                         len(specs), report.mismatches)
+            logging.info("graphs %d/%d: %d mismatches, %d crashed",
+                         min(i + args.graph_bundle, len(specs)), len(specs), report.mismatches,
+                         report.crashes)
+    if worker is not None:
+        worker.close()
     print(report.table())
     for d in report.details:
         print("GRAPH", d)
-    return report.mismatches
+    return report.mismatches + report.crashes
 
 
 if __name__ == "__main__":

@@ -85,3 +85,23 @@ def test_in_process_run_is_unchanged() -> None:
     report = run_cases(cases, "x86", batch_size=2,
                        inject={cases[0].id: ("torch reference", "segv")})
     assert [o.status for _, o in report.outcomes] == ["passed", "passed"]
+
+
+@pytest.mark.tvm
+@pytest.mark.slow
+def test_graph_campaign_pins_a_crashing_model() -> None:
+    """A bundle of two random models whose second one segfaults in the TVM run: the first
+    still passes, the second counts as crashed for the pipeline, named."""
+    pytest.importorskip("tvm", reason="the TVM backend needs apache-tvm")
+    from tests.reliability.fuzz_graphs import GraphReport, draw_specs, run_bundle_isolated
+
+    specs = draw_specs(2, 5)
+    report = GraphReport()
+    with Worker({str(specs[1].seed): ("TVM run", "segv")}, timeout_s=600) as w:
+        run_bundle_isolated(specs, ("float",), report, w)
+    assert report.counts["float"]["passed"] == 1, report.details
+    assert report.counts["float"]["crashed"] == 1 and report.crashes == 1
+    assert report.mismatches == 0
+    assert f"float: model {specs[1].describe()}: crashed: SIGSEGV in the compiled (TVM run)" \
+        in report.details
+    assert "crashed" in report.table().splitlines()[0]
