@@ -11,6 +11,7 @@ __all__ = [
     "TraceError",
     "UnsupportedOpError",
     "VerifyError",
+    "AttrError",
     "ParseError",
     "PassError",
     "PipelineError",
@@ -38,6 +39,13 @@ class UnsupportedOpError(SlimfxError):
 
 class VerifyError(SlimfxError):
     """The IR broke one of its invariants."""
+
+
+class AttrError(VerifyError, TypeError):
+    """An op attribute is missing, unknown, of the wrong kind or nested too deep.
+
+    Also a :class:`TypeError`, which is what attribute errors were before this class.
+    """
 
 
 class ParseError(SlimfxError):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from slimfx.errors import UnsupportedOpError
+from slimfx.errors import AttrError, UnsupportedOpError
 from slimfx.ir.symbolic import ShapeError, format_dim, normalize_dim
 from slimfx.ir.types import DTYPES, TensorType
 
@@ -90,55 +90,63 @@ class AttrDef:
         if value is None:
             if self.default is None:
                 return None
-            raise TypeError(f"{op}: attribute {self.name!r} may not be None")
+            raise AttrError(f"{op}: attribute {self.name!r} may not be None")
         try:
             value = _freeze(value)
-        except TypeError as e:
-            raise TypeError(f"{op}: attribute {self.name!r}: {e}") from None
+        except AttrError as e:
+            raise AttrError(f"{op}: attribute {self.name!r}: {e}") from None
         if self.kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{op}: attribute {self.name!r} expects a float, got {value!r}")
+                raise AttrError(f"{op}: attribute {self.name!r} expects a float, got {value!r}")
             return float(value)
         if self.kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{op}: attribute {self.name!r} expects an int, got {value!r}")
+                raise AttrError(f"{op}: attribute {self.name!r} expects an int, got {value!r}")
             return int(value)
         if self.kind == "dim":
             if isinstance(value, bool) or isinstance(value, tuple | str | float):
-                raise TypeError(f"{op}: attribute {self.name!r} expects an int or a symbolic "
+                raise AttrError(f"{op}: attribute {self.name!r} expects an int or a symbolic "
                                 f"dim, got {value!r}")
             if type(value) is int:
                 return value
             try:
                 return normalize_dim(value)
             except ShapeError as e:
-                raise TypeError(f"{op}: attribute {self.name!r}: {e}") from e
+                raise AttrError(f"{op}: attribute {self.name!r}: {e}") from e
         if self.kind == "dims":
             if isinstance(value, int) and not isinstance(value, bool):
                 value = (value,)
             if not isinstance(value, tuple) or any(isinstance(v, bool) for v in value):
-                raise TypeError(f"{op}: attribute {self.name!r} expects a list of dims, "
+                raise AttrError(f"{op}: attribute {self.name!r} expects a list of dims, "
                                 f"got {value!r}")
             try:
                 return tuple(v if type(v) is int else normalize_dim(v) for v in value)
             except ShapeError as e:
-                raise TypeError(f"{op}: attribute {self.name!r}: {e}") from e
+                raise AttrError(f"{op}: attribute {self.name!r}: {e}") from e
         if self.kind in ("ints", "floats"):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 value = (value,)
             if not isinstance(value, tuple):
-                raise TypeError(f"{op}: attribute {self.name!r} expects a list, got {value!r}")
+                raise AttrError(f"{op}: attribute {self.name!r} expects a list, got {value!r}")
             conv = int if self.kind == "ints" else float
-            return tuple(conv(v) for v in value)
+            try:
+                return tuple(conv(v) for v in value)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise AttrError(f"{op}: attribute {self.name!r} expects a list of "
+                                f"{self.kind[:-1]}s, got {value!r}") from e
         if self.kind == "dtype":
             if value not in DTYPES:
-                raise TypeError(f"{op}: attribute {self.name!r} expects a dtype, got {value!r}")
+                raise AttrError(f"{op}: attribute {self.name!r} expects a dtype, got {value!r}")
             return value
         if self.kind == "any":
-            hash(value)
+            try:
+                hash(value)
+            except TypeError as e:
+                raise AttrError(f"{op}: attribute {self.name!r}: {e}; give numbers, strings "
+                                "or lists of them") from e
             return value
         if not isinstance(value, _KINDS[self.kind]):
-            raise TypeError(f"{op}: attribute {self.name!r} expects {self.kind}, got {value!r}")
+            raise AttrError(f"{op}: attribute {self.name!r} expects {self.kind}, got {value!r}")
         return value
 
 
@@ -148,7 +156,8 @@ MAX_ATTR_DEPTH = 32  # deepest nesting of lists in an attribute value
 def _freeze(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple | dict):
         if depth >= MAX_ATTR_DEPTH:
-            raise TypeError(f"attribute value nested deeper than {MAX_ATTR_DEPTH} levels")
+            raise AttrError(f"attribute value nested deeper than {MAX_ATTR_DEPTH} levels; give "
+                            "a flat list (or lists of lists at most that deep)")
         if isinstance(value, dict):
             return tuple((k, _freeze(v, depth + 1)) for k, v in value.items())
         return tuple(_freeze(v, depth + 1) for v in value)
@@ -254,12 +263,12 @@ class OpDef:
             if a.name in given:
                 out[a.name] = a.normalize(given.pop(a.name), self.name)
             elif a.required:
-                raise TypeError(f"{self.name}: missing required attribute {a.name!r}")
+                raise AttrError(f"{self.name}: missing required attribute {a.name!r}")
             else:
                 out[a.name] = a.default
         if given:
             known = [a.name for a in self.attrs]
-            raise TypeError(f"{self.name}: unknown attributes {sorted(given)}; known: {known}")
+            raise AttrError(f"{self.name}: unknown attributes {sorted(given)}; known: {known}")
         return Attrs(out)
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import reprlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -204,8 +205,15 @@ def _describe(obj: object) -> str:
     """What a rejected pipeline item is, with a hint for pass classes."""
     if isinstance(obj, type) and issubclass(obj, Pass):
         return f"the pass class {obj.__name__} (instantiate it: {obj.__name__}())"
-    text = repr(obj)
+    try:
+        text = _SHORT.repr(obj)  # bounded depth: a list nested 3,000 deep is fine
+    except RecursionError:
+        text = "..."
     return f"{type(obj).__name__} ({text[:60]}{'...' if len(text) > 60 else ''})"
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxother, _SHORT.maxstring = 4, 61, 61
 
 
 def _run_one(p: Pass, index: int, graph: Graph, ctx: PassContext) -> PassResult:

@@ -7,9 +7,13 @@ arm-env`` has not been run) and compiled for CUDA (``--cuda N`` cases, compile o
 Graph level: ``--graphs N`` random models through every pipeline and through compile
 (``--graph-pipelines`` to restrict).
 
+Every batch runs in a worker process (``--no-isolate``: in this process): a segfault or
+abort in the torch reference or in TVM is pinned to its case and counted as ``crashed``
+with the signal and the side that crashed, and the campaign goes on.
+
 Prints a table of counts per op (cases, passed, mismatched, of those matching a known
-defect, rejected with a SlimfxError) and one repro line per mismatch; exits 1 when any
-mismatch is not a known defect, else 0; ``--strict`` (used by ``make fuzz``): any mismatch
+defect, rejected with a SlimfxError, crashed) and one repro line per mismatch and crash;
+exits 1 when any case crashed or any mismatch is not a known defect, else 0; ``--strict`` (used by ``make fuzz``): any mismatch
 at all fails, since the known defects 1-3 are fixed (the tags only help reading old runs).
 """
 
@@ -52,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default="", help="rewrite this file with the table after each "
                    "batch (a checkpoint of a long campaign)")
     p.add_argument("--no-x86", action="store_true", help="skip the x86 op-level cases")
+    p.add_argument("--no-isolate", action="store_true", help="run batches in this process "
+                   "(a crash in torch or TVM then ends the campaign)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds a batch may take "
+                   "in its worker before it counts as crashed (hung)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -63,12 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def checkpoint(r: Report) -> None:
         if args.out:
-            lines = [r.table(), *("MISMATCH " + summarize_mismatch(t, o)
-                                  for t, o in r.mismatches())]
+            lines = [r.table(), *_problems(r)]
             Path(args.out).write_text("\n".join(lines) + "\n")
 
     kw = {"batch_size": args.batch, "report": report, "log_every": args.verbose,
-          "on_batch": checkpoint}
+          "on_batch": checkpoint, "isolate": not args.no_isolate, "timeout_s": args.timeout}
     if args.cases and not args.no_x86:
         run_cases(draw_cases(args.cases, args.seed, ops, cfg), "x86", **kw)
     if args.arm:
@@ -83,36 +90,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cuda:
         run_cases(draw_cases(args.cuda, args.seed + 2, ops, cfg, "cu"), "cuda", **kw)
     print(report.table())
-    bad = 0
-    for target, o in report.mismatches():
-        print("MISMATCH", summarize_mismatch(target, o))
+    for line in _problems(report):
+        print(line)
     unknown = report.mismatches(known=False)
-    bad += len(report.mismatches()) if args.strict else len(unknown)
+    bad = len(report.mismatches()) if args.strict else len(unknown)
+    bad += len(report.crashes())
     if args.graphs:
         bad += _graphs(args)
     print("known defects: " + "; ".join(f"{k}: {v}" for k, v in KNOWN_DEFECTS.items()))
-    print(f"total {time.perf_counter() - start:.0f} s; {bad} failing mismatch(es)")
+    print(f"total {time.perf_counter() - start:.0f} s; {bad} failing mismatch(es) or "
+          "crash(es)")
     return 1 if bad else 0
 
 
+def _problems(r: Report) -> list[str]:
+    """One repro line per mismatch, crash and crash that no case reproduced alone."""
+    return [*("MISMATCH " + summarize_mismatch(t, o) for t, o in r.mismatches()),
+            *(f"CRASH {t}: {o.case.describe()} :: {o.detail}" for t, o in r.crashes()),
+            *("UNPINNED CRASH " + u for u in r.unpinned)]
+
+
 def _graphs(args: argparse.Namespace) -> int:
-    from tests.reliability.fuzz_graphs import PIPELINES, GraphReport, draw_specs, run_bundle
+    from tests.reliability.fuzz_graphs import (
+        PIPELINES,
+        GraphReport,
+        draw_specs,
+        run_bundle,
+        run_bundle_isolated,
+    )
+    from tests.reliability.fuzz_worker import Worker
 
     pipelines = [p for p in args.graph_pipelines.split(",") if p] or list(PIPELINES)
     specs = draw_specs(args.graphs, args.seed + 3)
     report = GraphReport()
+    worker = None if args.no_isolate else Worker(timeout_s=args.timeout)
     for i in range(0, len(specs), args.graph_bundle):
-        run_bundle(specs[i:i + args.graph_bundle], pipelines, report)
+        bundle = specs[i:i + args.graph_bundle]
+        if worker is None:
+            run_bundle(bundle, pipelines, report)
+        else:
+            run_bundle_isolated(bundle, pipelines, report, worker)
         if args.out:
             Path(args.out + ".graphs").write_text(
                 "\n".join([report.table(), *("GRAPH " + d for d in report.details)]) + "\n")
         if args.verbose:
-            logging.info("graphs %d/%d: %d mismatches", min(i + args.graph_bundle, len(specs)),
-                         len(specs), report.mismatches)
+            logging.info("graphs %d/%d: %d mismatches, %d crashed",
+                         min(i + args.graph_bundle, len(specs)), len(specs), report.mismatches,
+                         report.crashes)
+    if worker is not None:
+        worker.close()
     print(report.table())
     for d in report.details:
         print("GRAPH", d)
-    return report.mismatches
+    return report.mismatches + report.crashes
 
 
 if __name__ == "__main__":

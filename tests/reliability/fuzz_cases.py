@@ -143,7 +143,7 @@ class Outcome:
     """The result of one case on one target."""
 
     case: FuzzCase
-    status: str  # passed | mismatch | rejected | skipped
+    status: str  # passed | mismatch | rejected | crashed | skipped
     detail: str = ""
     nan_lost: bool = False  # a NaN of the reference came back as a number
 

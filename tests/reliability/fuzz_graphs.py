@@ -23,6 +23,11 @@ Per bundle and pipeline (:data:`PIPELINES`):
   may move an int8 value by one: those models get a bound of a few output steps).
 
 Float bound: ``|got - ref| <= rel * max(1, max |ref|)`` (fp32: 1e-4, fp16: 2e-2).
+
+:func:`run_bundle_isolated` (what the campaign uses) runs a bundle in a
+:class:`~tests.reliability.fuzz_worker.Worker` process; when the worker crashes, every
+model of the bundle is re-run alone per pipeline to pin the crash (confirmed alone in a
+fresh worker), counted as ``crashed`` for that pipeline with the signal and the side.
 """
 
 from __future__ import annotations
@@ -39,8 +44,10 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from tests.reliability.fuzz_worker import Crash, Worker, phase
+
 __all__ = ["ModelSpec", "Bundle", "random_model", "model_specs", "draw_specs",
-           "run_bundle", "GraphReport", "PIPELINES"]
+           "run_bundle", "run_bundle_isolated", "GraphReport", "PIPELINES"]
 
 PIPELINES = ("float", "prune", "fp16", "dynamic-int8", "ptq-int8")
 FLOAT_REL = {"float": 1e-4, "prune": 1e-4, "fp16": 2e-2, "dynamic-int8": 1e-4}
@@ -223,12 +230,20 @@ class GraphReport:
     seconds: float = 0.0
     timings: Counter[str] = field(default_factory=Counter)  # seconds per pipeline
 
+    def merge(self, other: GraphReport) -> None:
+        """Adds ``other``'s counts, details and times to this report."""
+        for p, c in other.counts.items():
+            self.counts[p].update(c)
+        self.details += other.details
+        self.seconds += other.seconds
+        self.timings.update(other.timings)
+
     def table(self) -> str:
-        rows = [("pipeline", "graphs", "passed", "mismatched", "rejected")]
+        rows = [("pipeline", "graphs", "passed", "mismatched", "rejected", "crashed")]
         for p, c in sorted(self.counts.items()):
             rows.append((p, str(sum(c.values())), str(c["passed"]), str(c["mismatch"]),
-                         str(c["rejected"])))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+                         str(c["rejected"]), str(c["crashed"])))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(v.ljust(w) if i == 0 else v.rjust(w)
                                    for i, (v, w) in enumerate(zip(r, widths, strict=True)))
                          for r in rows)
@@ -236,6 +251,10 @@ class GraphReport:
     @property
     def mismatches(self) -> int:
         return sum(c["mismatch"] for c in self.counts.values())
+
+    @property
+    def crashes(self) -> int:
+        return sum(c["crashed"] for c in self.counts.values())
 
 
 def _as_list(out: Any) -> list[torch.Tensor]:
@@ -297,9 +316,12 @@ def run_bundle(specs: Sequence[ModelSpec], pipelines: Sequence[str] = PIPELINES,
     bundle = Bundle(models).eval()
     xs = tuple(_inputs(s, gen) for s in specs)
     calib = [tuple(_inputs(s, gen) for s in specs) for _ in range(3)]
+    ids = [str(s.seed) for s in specs]
+    phase("torch reference", ids)
     with torch.no_grad():
         eager = _as_list(bundle(*xs))
     try:
+        phase("trace", ids)
         g = slimfx.trace(bundle, xs)
     except SlimfxError as e:
         for p in pipelines:
@@ -309,11 +331,15 @@ def run_bundle(specs: Sequence[ModelSpec], pipelines: Sequence[str] = PIPELINES,
     for p in pipelines:
         try:
             t0 = time.perf_counter()
+            phase(f"pipeline {p}", ids)
             gp = _graph_for(p, g, calib)
+            phase("torch reference", ids)
             ref = _as_list(slimfx.to_torch(gp)(*xs))
             t1 = time.perf_counter()
+            phase("TVM compile", ids)
             compiled = slimfx.compile(gp, target)
             t2 = time.perf_counter()
+            phase("TVM run", ids)
             out = _as_list(compiled(*xs))
             report.timings[p] += t2 - t1
             report.timings[p + ":prepare"] += t1 - t0
@@ -340,3 +366,29 @@ def run_bundle(specs: Sequence[ModelSpec], pipelines: Sequence[str] = PIPELINES,
                 report.counts[p]["passed"] += 1
     report.seconds += time.perf_counter() - start
     return report
+
+
+def run_bundle_isolated(specs: Sequence[ModelSpec], pipelines: Sequence[str],
+                        report: GraphReport, worker: Worker, *, target: str = "x86") -> None:
+    """:func:`run_bundle` in ``worker``; after a crash each model alone per pipeline.
+
+    A model whose run crashes again alone in a fresh worker counts as ``crashed`` for that
+    pipeline (the detail names the signal and the side); the test-only crash hook of
+    ``worker`` is keyed by ``str(spec.seed)``.
+    """
+    got = worker.call(run_bundle, specs, pipelines, target=target)
+    if not isinstance(got, Crash):
+        report.merge(got)
+        return
+    report.details.append(f"a bundle of {len(specs)} models {got.describe()}; "
+                          "re-running each model alone per pipeline")
+    for spec in specs:
+        for p in pipelines:
+            one = worker.call(run_bundle, [spec], [p], target=target)
+            if isinstance(one, Crash):  # confirm alone, in a fresh worker
+                one = worker.call(run_bundle, [spec], [p], target=target)
+            if isinstance(one, Crash):
+                report.counts[p]["crashed"] += 1
+                report.details.append(f"{p}: model {spec.describe()}: {one.describe()}")
+            else:
+                report.merge(one)

@@ -7,6 +7,14 @@ that case is ``rejected`` (a :class:`SlimfxError`, e.g. a ``LoweringError`` nami
 node). Cases whose graph the IR itself refuses (type inference) or whose torch reference
 raises are ``rejected`` as well, with the reason.
 
+Crash isolation (``run_cases(..., isolate=True)``, what the campaign uses): each batch runs
+in a :class:`~tests.reliability.fuzz_worker.Worker` process. When the worker dies (a
+segfault or abort in torch or TVM, or a hang past the timeout), the batch's cases are run
+one by one (a fresh worker after each crash) to pin the crashing case; it becomes a
+``crashed`` outcome naming the signal and the side (the torch reference, the TVM compile
+or the TVM run), confirmed by running it alone in a fresh worker. A batch crash that no
+case reproduces alone is listed in :attr:`Report.unpinned`.
+
 Targets: ``x86`` (run and compare), ``arm`` (cross-compiled, run under qemu through
 ``Compiled.__call__``; needs ``make arm-env``), ``cuda`` (compile only: the emitted CUDA is
 compiled to a cubin with nvcc/NVRTC when one is installed, no GPU needed).
@@ -17,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,6 +35,7 @@ from slimfx.errors import SlimfxError
 from slimfx.ir import Graph, TensorType
 from tests.reliability.fuzz_cases import FuzzCase, Outcome, compare, materialize
 from tests.reliability.fuzz_ops import CLAMPING
+from tests.reliability.fuzz_worker import Crash, Worker, phase
 
 __all__ = ["Report", "run_cases", "known_defect", "KNOWN_DEFECTS"]
 
@@ -63,6 +72,7 @@ class Report:
 
     outcomes: list[tuple[str, Outcome]] = field(default_factory=list)
     seconds: float = 0.0
+    unpinned: list[str] = field(default_factory=list)  # batch crashes no case reproduced
 
     def add(self, target: str, outcomes: Iterable[Outcome]) -> None:
         self.outcomes.extend((target, o) for o in outcomes)
@@ -81,9 +91,15 @@ class Report:
             return out
         return [(t, o) for t, o in out if (known_defect(o) is not None) == known]
 
+    def crashes(self) -> list[tuple[str, Outcome]]:
+        """Cases whose torch reference or TVM build/run killed the process."""
+        return [(t, o) for t, o in self.outcomes if o.status == "crashed"]
+
     def table(self) -> str:
-        """A text table: target, op, cases, passed, mismatched, rejected (+known defects)."""
-        rows = [("target", "op", "cases", "passed", "mismatched", "known-defect", "rejected")]
+        """A text table: target, op, cases, passed, mismatched (+known defects), rejected,
+        crashed."""
+        rows = [("target", "op", "cases", "passed", "mismatched", "known-defect", "rejected",
+                 "crashed")]
         totals: Counter[str] = Counter()
         known_by: Counter[tuple[str, str]] = Counter()
         for t, o in self.mismatches(known=True):
@@ -91,12 +107,12 @@ class Report:
         for (target, op), c in sorted(self.counts().items()):
             n = sum(c.values())
             rows.append((target, op, str(n), str(c["passed"]), str(c["mismatch"]),
-                         str(known_by[(target, op)]), str(c["rejected"])))
+                         str(known_by[(target, op)]), str(c["rejected"]), str(c["crashed"])))
             totals.update(c)
             totals["known"] += known_by[(target, op)]
         rows.append(("all", "", str(sum(v for k, v in totals.items() if k != "known")),
                      str(totals["passed"]), str(totals["mismatch"]), str(totals["known"]),
-                     str(totals["rejected"])))
+                     str(totals["rejected"]), str(totals["crashed"])))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(v.ljust(w) if i < 2 else v.rjust(w)
                                    for i, (v, w) in enumerate(zip(r, widths, strict=True)))
@@ -146,6 +162,7 @@ def _as_list(out: Any) -> list[Any]:
 def _reference(batch: _Batch) -> list[torch.Tensor]:
     import slimfx
 
+    phase("torch reference", (c.id for c in batch.cases))
     with torch.no_grad():
         return [t.detach() for t in _as_list(slimfx.to_torch(batch.graph)(*batch.feeds))]
 
@@ -159,6 +176,7 @@ def _prepare(cases: Sequence[FuzzCase]) -> tuple[list[FuzzCase], dict[str, list[
     """Materializes the operands; cases the IR refuses are rejected here."""
     ok, rejected = [], []
     tensors: dict[str, list[torch.Tensor]] = {}
+    phase("IR checks", (c.id for c in cases))
     for case in cases:
         ts = [materialize(o) for o in case.operands]
         try:
@@ -240,12 +258,15 @@ def _compile_and_run(cases: list[FuzzCase], tensors: dict[str, list[torch.Tensor
     import slimfx
 
     batch = _build(cases, tensors, name=f"fuzz_{target}")
+    ids = [c.id for c in cases]
     try:
+        phase("TVM compile", ids)
         compiled = slimfx.compile(batch.graph, target)
         if target == "cuda":
             _check_cuda_source(compiled)
             return {c.id: [] for c in cases}
         feeds: list[Any] = batch.feeds if target != "arm" else [f.numpy() for f in batch.feeds]
+        phase("TVM run", ids)
         out = _as_list(compiled(*feeds))
     except SlimfxError as e:
         if len(cases) == 1:
@@ -270,7 +291,9 @@ def _check_cuda_source(compiled: Any) -> None:
 
 def run_cases(cases: Sequence[FuzzCase], target: str = "x86", *, batch_size: int = 96,
               report: Report | None = None, log_every: bool = False,
-              on_batch: Callable[[Report], None] | None = None) -> Report:
+              on_batch: Callable[[Report], None] | None = None, isolate: bool = False,
+              timeout_s: float = 3600.0,
+              inject: Mapping[str, tuple[str, str]] | None = None) -> Report:
     """Runs ``cases`` on ``target`` in batches of ``batch_size`` and compares with torch.
 
     Args:
@@ -280,22 +303,67 @@ def run_cases(cases: Sequence[FuzzCase], target: str = "x86", *, batch_size: int
         report: a report to add to (a new one by default).
         log_every: log each batch's progress at INFO.
         on_batch: called with the report after each batch (checkpoints).
+        isolate: run each batch in a worker process; a crash becomes ``crashed`` outcomes.
+        timeout_s: with ``isolate``: a batch (or a case re-run alone) taking longer is a
+            crash ("timeout").
+        inject: test-only, with ``isolate``: ``{case id: (phase, "abort" | "segv")}``
+            makes the worker crash in that phase (see :func:`fuzz_worker.phase`).
     """
     report = report if report is not None else Report()
     start = time.perf_counter()
-    for b in range(0, len(cases), batch_size):
-        chunk = list(cases[b:b + batch_size])
-        t0 = time.perf_counter()
-        outcomes = _run_batch(chunk, target)
-        report.add(target, outcomes)
-        if log_every:
-            bad = sum(o.status == "mismatch" for o in outcomes)
-            logger.info("%s batch %d-%d: %d mismatches, %.1f s", target, b, b + len(chunk),
-                        bad, time.perf_counter() - t0)
-        if on_batch is not None:
-            on_batch(report)
+    worker = Worker(inject, timeout_s) if isolate else None
+    try:
+        for b in range(0, len(cases), batch_size):
+            chunk = list(cases[b:b + batch_size])
+            t0 = time.perf_counter()
+            if worker is None:
+                outcomes = _run_batch(chunk, target)
+            else:
+                outcomes = _run_isolated(worker, chunk, target, report)
+            _log_batch(report, target, outcomes, b, t0, log_every, on_batch)
+    finally:
+        if worker is not None:
+            worker.close()
     report.seconds += time.perf_counter() - start
     return report
+
+
+def _log_batch(report: Report, target: str, outcomes: list[Outcome], b: int, t0: float,
+               log_every: bool, on_batch: Callable[[Report], None] | None) -> None:
+    report.add(target, outcomes)
+    if log_every:
+        bad = sum(o.status == "mismatch" for o in outcomes)
+        crashed = sum(o.status == "crashed" for o in outcomes)
+        logger.info("%s batch %d-%d: %d mismatches, %d crashed, %.1f s", target, b,
+                    b + len(outcomes), bad, crashed, time.perf_counter() - t0)
+    if on_batch is not None:
+        on_batch(report)
+
+
+def _run_isolated(worker: Worker, chunk: list[FuzzCase], target: str,
+                  report: Report) -> list[Outcome]:
+    """The batch in the worker; after a crash, its cases one by one to pin the crash."""
+    got = worker.call(_run_batch, chunk, target)
+    if not isinstance(got, Crash):
+        return got
+    logger.warning("%s batch of %d cases %s; re-running them one by one", target,
+                   len(chunk), got.describe())
+    outcomes: list[Outcome] = []
+    for case in chunk:
+        one = worker.call(_run_batch, [case], target)
+        if isinstance(one, Crash):  # confirm alone, in a fresh worker
+            again = worker.call(_run_batch, [case], target)
+            if isinstance(again, Crash):
+                one = [Outcome(case, "crashed", again.describe())]
+            else:
+                report.unpinned.append(f"{target}: {case.describe()}: {one.describe()} "
+                                       "after other cases in the same worker, not alone")
+                one = again
+        outcomes += one
+    if not any(o.status == "crashed" for o in outcomes):
+        report.unpinned.append(f"{target}: a batch of {len(chunk)} cases ({chunk[0].id} ..) "
+                               f"{got.describe()}; no case crashes alone")
+    return outcomes
 
 
 def _run_batch(chunk: list[FuzzCase], target: str) -> list[Outcome]:

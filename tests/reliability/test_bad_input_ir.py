@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from slimfx.errors import ArtifactError, ParseError, PipelineError
+from slimfx.errors import ArtifactError, AttrError, ParseError, PipelineError, VerifyError
 from slimfx.ir import Graph, TensorType, load_graph, parse, save_graph
 from slimfx.ir.serialize import FORMAT
 from slimfx.passes import Pass, Pipeline
@@ -271,15 +271,44 @@ def test_parse_can_read_an_invalid_graph_on_purpose() -> None:
     assert str(g.node("r").output.type) == "f32[2,4]"
 
 
-def test_deeply_nested_attribute_through_the_api_is_a_type_error() -> None:
+def _nest(depth: int, leaf: Any, as_dict: bool = False) -> Any:
+    for _ in range(depth):
+        leaf = {"a": leaf} if as_dict else [leaf]
+    return leaf
+
+
+@pytest.mark.parametrize("make", [
+    lambda g, x, deep: g.create("gelu", [x], {"approximate": deep}),
+    lambda g, x, deep: g.create("reshape", [x], {"shape": deep}),
+    lambda g, x, deep: g.create("gelu", [x]).set_attrs(approximate=deep),
+], ids=["create-str", "create-dims", "set_attrs"])
+@pytest.mark.parametrize("as_dict", [False, True], ids=["list", "dict"])
+def test_deeply_nested_attribute_through_the_api_is_an_attr_error(make: Any,
+                                                                  as_dict: bool) -> None:
+    """3,000 levels (a RecursionError's depth) stop at 32, named; still a TypeError too."""
     g = Graph()
     x = g.add_input("x", TensorType((2, 3)))
-    deep: Any = []
-    for _ in range(3000):
-        deep = [deep]
-    with pytest.raises(TypeError, match="gelu: attribute 'approximate': attribute value nested "
-                                        "deeper than 32 levels"):
-        g.create("gelu", [x], {"approximate": deep})
+    with pytest.raises(AttrError, match=r"(gelu: attribute 'approximate'|reshape: attribute "
+                                        r"'shape'): attribute value nested deeper than 32 "
+                                        r"levels; give a flat list") as info:
+        make(g, x, _nest(3000, 1, as_dict))
+    assert isinstance(info.value, VerifyError) and isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize("op, attrs, why", [
+    ("gelu", {"approximate": 5}, "gelu: attribute 'approximate' expects str, got 5"),
+    ("gelu", {"bogus": 1}, "gelu: unknown attributes ['bogus']; known: ['approximate']"),
+    ("softmax", {}, "softmax: missing required attribute 'axis'"),
+    ("permute", {"dims": ["a", 1]}, "permute: attribute 'dims' expects a list of ints, got "
+                                    "('a', 1)"),
+    ("permute", {"dims": [[1], 2]}, "expects a list of ints, got ((1,), 2)"),
+])
+def test_bad_attribute_through_the_api_is_an_attr_error(op: str, attrs: dict[str, Any],
+                                                        why: str) -> None:
+    g = Graph()
+    x = g.add_input("x", TensorType((2, 3)))
+    with pytest.raises(AttrError, match=re.escape(why)):
+        g.create(op, [x], attrs)
 
 
 # ------------------------------------------------------------------ pipelines
@@ -296,6 +325,12 @@ def test_deeply_nested_attribute_through_the_api_is_a_type_error() -> None:
 def test_pipeline_of_a_non_pass_is_a_pipeline_error(spec: Any, why: str) -> None:
     with pytest.raises(PipelineError, match=re.escape(why)):
         Pipeline(spec)
+
+
+def test_pipeline_of_a_deeply_nested_list_is_a_pipeline_error() -> None:
+    with pytest.raises(PipelineError, match=re.escape("a pipeline holds passes, pipelines and "
+                                                      "pipeline strings, not list ([[[[[...]]]]])")):
+        Pipeline(_nest(3000, "dce"))
 
 
 def test_bad_string_escape_is_a_caret_error() -> None:
