@@ -420,7 +420,7 @@ def _greedy(groups: Sequence[ChannelGroup], tables: Sequence[GroupLatency],
     order = {g.id: [scores[a] for a in ranked_units(g, scores)] for g in groups}
     mean = {gid: (sum(v) / len(v) if v and sum(v) > 0 else 1.0) for gid, v in order.items()}
     predicted = base
-    while predicted > latency_target * base:
+    while predicted > latency_target * base * (1 + 1e-9):  # not a rounding error away
         best: tuple[float, float, int, int] | None = None  # (cost, -saved, group, kept)
         for gid, k in kept.items():
             t, n = table[gid], len(by_id[gid].atoms)
