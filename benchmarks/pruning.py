@@ -12,14 +12,22 @@ training set (Adam + one-cycle schedule), traces it to slimfx IR, then
    model through ``loss_fn``). Reported: test accuracy before/after on the full
    10k test set, parameter and MAC reduction, measured latency in torch eager
    (batch 1 and 64) and TVM fp32 (``slimfx.compile(graph, "x86")``, untuned);
-2. unstructured magnitude pruning to 80% global sparsity, one shot and with the
+2. latency-aware vs MAC-proxy channel counts, both at 50% of the channels (``round_to=16``,
+   l2 importance, the same fine-tune): (a) ``prune-channels{ratio=0.5}`` ranks channels of
+   all groups together (the MAC proxy: a channel's cost is what it removes), (b)
+   ``prune-channels{latency_target=0.5}`` picks per-group widths from the latency of the
+   batch-1 graph compiled for x86 (:mod:`slimfx.passes.prune.latency`; ``ratio=0.5`` caps
+   each group). Reported: MAC ratio, measured TVM latency ratio, accuracy after fine-tuning,
+   and the latency model's predicted ratio; measurements are cached in
+   ``--latency-cache`` so a rerun only fine-tunes;
+3. unstructured magnitude pruning to 80% global sparsity, one shot and with the
    gradual cubic schedule during fine-tuning: accuracy drop, dense vs sparse bytes.
 
 Data: the Debian package ``dataset-fashion-mnist`` (``apt-get install -y
 dataset-fashion-mnist``; files under ``/usr/share/datasets/fashion-mnist``).
 
 Run: ``python benchmarks/pruning.py`` (full recipe) or ``--quick`` (smoke run on
-small subsets; its accuracies mean nothing).
+small subsets; its accuracies mean nothing); ``--sections latency`` runs only part 2.
 
 Measured on 2 shared vCPUs (8 min in all): unpruned 90.17% after 3 epochs; 50% of the
 channels (l2, global; MACs 0.326x, parameters 0.282x) then 6 fine-tuning epochs with
@@ -51,6 +59,8 @@ from slimfx.passes.prune import (
     magnitude_prune,
     prune_channels,
 )
+from slimfx.passes.prune.latency import LatencyReport, plan_for_latency
+from slimfx.passes.prune.prune_channels import apply_channel_plan, plan_kept_counts, score_units
 from slimfx.passes.prune.report import format_table
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
@@ -174,10 +184,15 @@ def latencies(graph: Graph, tvm: bool) -> dict[str, float]:
         with torch.no_grad():
             out[f"eager{b}"] = latency_ms(lambda x=x: model(x), repeat=50 if b == 1 else 20)
         if tvm:
-            compiled = slimfx.compile(slimfx.trace(model, (x,)), "x86", progress=False)
-            out[f"tvm{b}"] = compiled.benchmark(x.numpy(), repeat=15, number=5 if b == 1 else 2
-                                                ).median_ms
+            out[f"tvm{b}"] = tvm_ms(model, b)
     return out
+
+
+def tvm_ms(model: nn.Module, batch: int = 1) -> float:
+    """Median TVM (untuned, x86) latency in ms of the eager ``model`` traced at ``batch``."""
+    x = torch.randn(batch, 1, 28, 28)
+    compiled = slimfx.compile(slimfx.trace(model, (x,)), "x86", progress=False)
+    return compiled.benchmark(x.numpy(), repeat=15, number=5 if batch == 1 else 2).median_ms
 
 
 def main() -> None:
@@ -193,7 +208,13 @@ def main() -> None:
                     help="training images for the one gradual-sparsity epoch")
     ap.add_argument("--no-tvm", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sections", default="structured,latency,unstructured",
+                    help="comma-separated parts to run: structured, latency, unstructured")
+    ap.add_argument("--latency-cache", default=str(Path(tempfile.gettempdir())
+                                                   / "slimfx-pruning-latency.json"),
+                    help="JSON file of latency measurements (reruns measure nothing)")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clock = time.time()
@@ -216,7 +237,64 @@ def main() -> None:
     base_acc = accuracy(g, xte, yte)
     stamp(f"base: {args.epochs} epochs on {len(xtr)} images, test accuracy {base_acc:.4f}")
 
-    # ---------------------------------------------------------------- structured
+    if args.no_kd:
+        data, loss_fn = train, None
+    else:
+        teacher = eager_from_graph(g)
+        with torch.no_grad():
+            data = [(x, (y, teacher(x))) for x, y in train]
+        loss_fn = kd_loss()
+    if "structured" in sections:
+        structured(args, g, base_acc, train, data, loss_fn, lrs, select_x, select_y, xte, yte,
+                   stamp)
+    if "latency" in sections:
+        latency_vs_macs(args, g, base_acc, train, data, loss_fn, lrs, xte, yte, stamp)
+    if "unstructured" in sections:
+        unstructured(g, base_acc, train, args.gradual_size, xte, yte, stamp)
+    stamp("done")
+
+
+def latency_vs_macs(args, g: Graph, base_acc: float, train: Batches, data: list, loss_fn,
+                    lrs: list[float], xte: torch.Tensor, yte: torch.Tensor,
+                    stamp: Callable[[str], None]) -> None:
+    """Part 2: MAC-proxy vs latency-aware channel counts at 50% of the channels."""
+    importance, round_to = "l2", 16
+    mac = prune_channels(g, 0.5, importance=importance, scope="global", round_to=round_to)
+    # the latency model times the batch-1 graph (deployment latency); same groups as ``g``
+    g1 = slimfx.trace(eager_from_graph(g), (torch.randn(1, 1, 28, 28),))
+    _, rep = plan_for_latency(g1, 0.5, ratio=0.5, importance=importance, round_to=round_to,
+                              target="x86", latency_cache=args.latency_cache, progress=True)
+    deps, scores = score_units(g, importance, (), None, False)
+    lat = apply_channel_plan(g, plan_kept_counts(deps, scores, {
+        gid: k for gid, (k, _) in rep.kept.items()}))
+    lat.verify()
+    stamp(f"latency model: {rep.summary()}")
+    rows = [("variant (50% channels, round_to=16, l2)", "widths", "MACs ratio",
+             "TVM batch-1 latency ratio", "predicted ratio", "test acc (BN recal. + ft)")]
+    lat0 = tvm_ms(eager_from_graph(g))
+    variants: list[tuple[str, Graph, LatencyReport | None]] = [
+        ("(a) MAC proxy: ratio=0.5 global", mac, None),
+        ("(b) latency-aware: latency_target=0.5", lat, rep)]
+    for name, p, r in variants:
+        recalibrate_bn(p, train, 20)
+        finetune_decayed(p, data, lrs, loss_fn)
+        acc = accuracy(p, xte, yte)
+        lat1 = tvm_ms(eager_from_graph(p))
+        widths = [p.constants[f"{i}.weight"].type.shape[0] for i in (0, 4, 8)]
+        pred = "-" if r is None else f"{r.predicted_ratio:.3f}"
+        rows.append((name, str(widths), f"{count_macs(p) / count_macs(g):.3f}",
+                     f"{lat1 / lat0:.3f} ({lat0:.3f} -> {lat1:.3f} ms)", pred,
+                     f"{acc:.4f} ({acc - base_acc:+.4f})"))
+        stamp(f"{name} fine-tuned")
+    print(f"\nLatency-aware vs MAC-proxy channel counts (TVM fp32 x86 untuned, "
+          f"{args.threads} threads; unpruned test accuracy {base_acc:.4f})")
+    print(format_table(rows))
+
+
+def structured(args, g: Graph, base_acc: float, train: Batches, data: list, loss_fn,
+               lrs: list[float], select_x: torch.Tensor, select_y: torch.Tensor,
+               xte: torch.Tensor, yte: torch.Tensor, stamp: Callable[[str], None]) -> None:
+    """Part 1: criterion selection, then the best criterion pruned and fine-tuned."""
     rows = [("importance", "scope", "MACs ratio", "train-slice acc (no ft, BN recal.)")]
     best: tuple[float, str, str, Graph] | None = None
     for importance in ("l1", "l2", "bn-scale"):
@@ -236,13 +314,6 @@ def main() -> None:
     acc_raw = accuracy(pruned, xte, yte)
     recalibrate_bn(pruned, train, 20)
     acc_recal = accuracy(pruned, xte, yte)
-    if args.no_kd:
-        data, loss_fn = train, None
-    else:
-        teacher = eager_from_graph(g)
-        with torch.no_grad():
-            data = [(x, (y, teacher(x))) for x, y in train]
-        loss_fn = kd_loss()
     finetune_decayed(pruned, data, lrs, loss_fn)
     acc_tuned = accuracy(pruned, xte, yte)
     stamp(f"pruned ({importance}, {scope}) and fine-tuned {len(lrs)} epochs (lr {lrs})")
@@ -278,12 +349,15 @@ def main() -> None:
     if acc_dense_ft is not None:
         print(f"pruned vs unpruned with the same fine-tune: {acc_tuned - acc_dense_ft:+.4f}")
 
-    # ---------------------------------------------------------------- unstructured
+
+def unstructured(g: Graph, base_acc: float, train: Batches, gradual_size: int,
+                 xte: torch.Tensor, yte: torch.Tensor, stamp: Callable[[str], None]) -> None:
+    """Part 3: 80% magnitude sparsity, one shot and gradual."""
     oneshot = g.clone()
     magnitude_prune(oneshot, 0.8, scope="global")
     acc_oneshot = accuracy(oneshot, xte, yte)
     gradual = g.clone()
-    tune = train[:args.gradual_size // BATCH]
+    tune = train[:gradual_size // BATCH]
     sched = PolynomialSchedule(final=0.8, end_step=max(1, int(0.7 * len(tune))), frequency=10)
     finetune(gradual, tune, 1, optimizer="adam", lr=3e-4, schedule=sched, progress=False)
     acc_gradual = accuracy(gradual, xte, yte)
@@ -301,7 +375,6 @@ def main() -> None:
     print(format_table([("weights", "dense bytes", "sparse bytes", "ratio", "file bytes"),
                         ("all constants", str(rep.dense_bytes), str(rep.sparse_bytes),
                          f"{rep.ratio:.3f}", str(rep.file_bytes))]))
-    stamp("done")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 - :mod:`.dependency`: channel dependency groups over the IR (``analyze_channels``);
 - :mod:`.prune_channels`: ``prune-channels`` and the python API ``prune_channels``;
+- :mod:`.latency`: latency-aware channel counts (``prune-channels{latency_target=0.5}``);
 - :mod:`.magnitude`: ``prune-magnitude`` (masks in ``Value.mask``), sparse export;
 - :mod:`.schedule`: the gradual polynomial sparsity schedule (Zhu & Gupta 2017);
 - :mod:`.finetune`: fine-tuning through the torch backend, masks kept applied;
@@ -17,6 +18,12 @@ from slimfx.passes.prune.dependency import (
     analyze_channels,
 )
 from slimfx.passes.prune.finetune import FinetuneResult, finetune
+from slimfx.passes.prune.latency import (
+    GroupLatency,
+    LatencyReport,
+    plan_for_latency,
+    prune_for_latency,
+)
 from slimfx.passes.prune.magnitude import (
     PruneMagnitude,
     SparseExport,
@@ -42,6 +49,8 @@ __all__ = [
     "ChannelGroup",
     "ChannelPlan",
     "FinetuneResult",
+    "GroupLatency",
+    "LatencyReport",
     "PolynomialSchedule",
     "PruneChannels",
     "PruneMagnitude",
@@ -58,6 +67,8 @@ __all__ = [
     "magnitude_prune",
     "mask_channel_plan",
     "plan_channel_pruning",
+    "plan_for_latency",
     "prune_channels",
+    "prune_for_latency",
     "sparsity_table",
 ]

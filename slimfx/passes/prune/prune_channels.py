@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -49,12 +50,13 @@ from slimfx.ir.core import Graph, Node
 from slimfx.ir.shapes import norm_axis
 from slimfx.passes.base import Pass, PassResult
 from slimfx.passes.context import PassContext
-from slimfx.passes.prune.dependency import ChannelDeps, analyze_channels
+from slimfx.passes.prune.dependency import ChannelDeps, ChannelGroup, analyze_channels
 from slimfx.passes.prune.importance import Scorer, get_scorer, unit_importance
 from slimfx.passes.registry import register_pass
 
 __all__ = ["ChannelPlan", "plan_channel_pruning", "apply_channel_plan", "mask_channel_plan",
-           "prune_channels", "PruneChannels", "DEFAULT_ROUND_TO", "check_request"]
+           "prune_channels", "PruneChannels", "DEFAULT_ROUND_TO", "check_request",
+           "plan_kept_counts", "ranked_units", "score_units"]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,28 @@ def _check_names(graph: Graph, names: Iterable[str] | str) -> tuple[str, ...]:
     return names
 
 
+def score_units(graph: Graph, importance: str | Scorer, protect: Sequence[str] | str,
+                deps: ChannelDeps | None, hidden: bool) -> tuple[ChannelDeps, dict[int, float]]:
+    """The dependency groups of ``graph`` (``deps`` unless names are protected) and the
+    importance of every unit.
+
+    Raises:
+        PruningError: not a graph, an unknown protected name or importance, or no group
+            left that may be pruned.
+    """
+    graph = _expect_graph(graph)
+    scorer = get_scorer(importance)
+    protect = _check_names(graph, protect)
+    if deps is None or protect:
+        deps = analyze_channels(graph, protect=protect, hidden=hidden)
+    if not deps.prunable_groups:
+        reasons = sorted({g.excluded for g in deps.groups if g.excluded})[:5]
+        raise PruningError("prune-channels: every channel is protected or excluded, nothing "
+                           "can be pruned" + (": " + "; ".join(reasons) if reasons else "")
+                           + ". Unprotect layers or check the table of analyze_channels(graph)")
+    return deps, unit_importance(graph, deps, scorer)
+
+
 def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
                          importance: str | Scorer = "l1",
                          scope: Literal["global", "uniform"] = "global",
@@ -137,19 +161,9 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
             unknown protected name, an unknown importance or scope, or nothing left
             that may be pruned.
     """
-    graph = _expect_graph(graph)
     check_request(ratio, round_to, scope)
-    scorer = get_scorer(importance)
-    protect = _check_names(graph, protect)
-    if deps is None or protect:
-        deps = analyze_channels(graph, protect=protect, hidden=hidden)
+    deps, scores = score_units(graph, importance, protect, deps, hidden)
     groups = deps.prunable_groups
-    if not groups:
-        reasons = sorted({g.excluded for g in deps.groups if g.excluded})[:5]
-        raise PruningError("prune-channels: every channel is protected or excluded, nothing "
-                           "can be pruned" + (": " + "; ".join(reasons) if reasons else "")
-                           + ". Unprotect layers or check the table of analyze_channels(graph)")
-    scores = unit_importance(graph, deps, scorer)
     targets: dict[int, int] = {}  # group id -> units to prune before rounding
     if scope == "uniform":
         for g in groups:
@@ -174,7 +188,7 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
     pruned: set[int] = set()
     short: list[str] = []  # groups where rounding cancels most of the request
     for g in groups:
-        cands = sorted((a for a in g.prunable if a in scores), key=lambda a: scores[a])
+        cands = ranked_units(g, scores)
         if not cands:
             log.info("prune-channels: group %d has no importance score; kept", g.id)
             continue
@@ -196,6 +210,27 @@ def plan_channel_pruning(graph: Graph, ratio: float = 0.5, *,
                     "group(s): %s%s. Every group keeps a multiple of round_to channels (at "
                     "least round_to); lower round_to (1 prunes exactly the ratio)", round_to,
                     ratio, len(short), "; ".join(short[:10]), more)
+    _keep_every_value_alive(deps, pruned, scores)
+    return ChannelPlan(deps, frozenset(pruned))
+
+
+def ranked_units(group: ChannelGroup, scores: dict[int, float]) -> list[int]:
+    """The prunable, scored units of ``group``, least important first (the order they go)."""
+    return sorted((a for a in group.prunable if a in scores), key=lambda a: scores[a])
+
+
+def plan_kept_counts(deps: ChannelDeps, scores: dict[int, float],
+                     keep: dict[int, int]) -> ChannelPlan:
+    """The plan that keeps ``keep[group id]`` units of those groups (the most important ones).
+
+    Groups not in ``keep`` keep everything; a group never loses a blocked or unscored unit,
+    so it may keep more than asked.
+    """
+    pruned: set[int] = set()
+    for g in deps.prunable_groups:
+        if g.id in keep:
+            cands = ranked_units(g, scores)
+            pruned.update(cands[:max(0, min(len(g.atoms) - keep[g.id], len(cands)))])
     _keep_every_value_alive(deps, pruned, scores)
     return ChannelPlan(deps, frozenset(pruned))
 
@@ -334,8 +369,17 @@ def mask_channel_plan(graph: Graph, plan: ChannelPlan) -> Graph:
 def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer = "l1",
                    scope: Literal["global", "uniform"] = "global",
                    round_to: int = DEFAULT_ROUND_TO, protect: Sequence[str] | str = (),
-                   hidden: bool = False) -> Graph:
+                   hidden: bool = False, latency_target: float | None = None,
+                   target: str | Mapping[str, Any] = "x86",
+                   latency_cache: MutableMapping[str, float] | str | os.PathLike[str]
+                   | None = None, latency_fn: Callable[[Graph], float] | None = None,
+                   progress: bool = False) -> Graph:
     """Removes ``ratio`` of the prunable channels; returns a new, verified graph.
+
+    With ``latency_target`` the per-group channel counts come from the measured latency
+    of the graph compiled for ``target`` instead (:mod:`~slimfx.passes.prune.latency`;
+    :func:`~slimfx.passes.prune.latency.prune_for_latency` also returns the report of
+    predicted and measured latency, which this function logs at INFO).
 
     Args:
         graph: the float graph (not modified).
@@ -350,10 +394,31 @@ def prune_channels(graph: Graph, ratio: float = 0.5, *, importance: str | Scorer
         hidden: also prune the hidden (residual-stream) dimension of transformers,
             through layer norms (approximate: their statistics change; fine-tune
             afterwards) and keeping stream outputs at full width (module docstring).
+        latency_target: prune until the compiled graph's latency is at most this share
+            of the unpruned one, in (0, 1]; ``ratio`` then caps the share of any one
+            group that may go, and ``scope`` must stay ``global``.
+        target: where latency is measured (``"x86"``: this host; or a TVM target dict).
+        latency_cache: a dict or a JSON file path keeping latency measurements.
+        latency_fn: ``fn(graph) -> seconds`` used instead of compiling and timing.
+        progress: show a progress bar over the latency measurements.
 
     Raises:
-        PruningError: see :func:`plan_channel_pruning`.
+        PruningError: see :func:`plan_channel_pruning` and
+            :func:`~slimfx.passes.prune.latency.plan_for_latency`; latency options
+            without ``latency_target``.
     """
+    if latency_target is not None:
+        from slimfx.passes.prune.latency import check_latency_request, prune_for_latency
+
+        check_latency_request(latency_target, ratio, scope, target)
+        out, _ = prune_for_latency(graph, latency_target, ratio=ratio, importance=importance,
+                                   round_to=round_to, target=target, protect=protect,
+                                   hidden=hidden, latency_fn=latency_fn,
+                                   latency_cache=latency_cache, progress=progress)
+        return out
+    if latency_cache is not None or latency_fn is not None:
+        raise PruningError("prune-channels: latency_cache and latency_fn only apply with "
+                           "latency_target (e.g. latency_target=0.5); give it, or drop them")
     plan = plan_channel_pruning(graph, ratio, importance=importance, scope=scope,
                                 round_to=round_to, protect=protect, hidden=hidden)
     out = apply_channel_plan(graph, plan)
@@ -375,6 +440,12 @@ class PruneChannels(Pass):
         protect: node names whose channels are kept.
         hidden: also prune the transformer hidden dimension through layer norms
             (approximate; see :func:`prune_channels`).
+        latency_target: choose per-group channel counts by measured latency until the
+            compiled graph runs in this share of the unpruned latency, in (0, 1]
+            (:mod:`~slimfx.passes.prune.latency`); ``ratio`` then caps the share of any
+            group that may go. Predicted and measured latency are logged at INFO.
+        target: where latency is measured: ``x86`` (this host), ``arm``, ``cuda``.
+        latency_cache: path of a JSON file keeping latency measurements across runs.
     """
 
     name = "prune-channels"
@@ -384,11 +455,21 @@ class PruneChannels(Pass):
     round_to: int = DEFAULT_ROUND_TO
     protect: tuple[str, ...] = ()
     hidden: bool = False
+    latency_target: float | None = None
+    target: str = "x86"
+    latency_cache: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         try:
             check_request(self.ratio, self.round_to, self.scope)
+            if self.latency_target is not None:
+                from slimfx.passes.prune.latency import check_latency_request
+
+                check_latency_request(self.latency_target, self.ratio, self.scope, self.target)
+            elif self.latency_cache is not None or self.target != "x86":
+                raise PruningError("prune-channels: target and latency_cache only apply with "
+                                   "latency_target (e.g. latency_target=0.5)")
         except PruningError as e:  # a bad option: reported where the pipeline is parsed
             raise PipelineError(str(e)) from e
 
@@ -398,6 +479,14 @@ class PruneChannels(Pass):
         deps: ChannelDeps | None = None
         if not self.protect and not self.hidden:
             deps = ctx.analysis(graph, ChannelDependencyAnalysis)  # type: ignore[assignment]
+        if self.latency_target is not None:
+            from slimfx.passes.prune.latency import prune_for_latency
+
+            out, report = prune_for_latency(
+                graph, self.latency_target, ratio=self.ratio, importance=self.importance,
+                round_to=self.round_to, target=self.target, protect=self.protect, deps=deps,
+                hidden=self.hidden, latency_cache=self.latency_cache)
+            return PassResult(out, bool(report.kept))
         plan = plan_channel_pruning(graph, self.ratio, importance=self.importance,
                                     scope=self.scope, round_to=self.round_to,
                                     protect=self.protect, deps=deps, hidden=self.hidden)
