@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = getattr(args, "run", None)
         if run is not None:
             return int(run(args))
-        from slimfx.demo import main as demo_main
+        from slimfx._cli.cmd_demo import main as demo_main
 
         return demo_main([*(["--retrain"] if args.retrain else []), "--target", args.target,
                           *(["--no-compile"] if args.no_compile else []),

@@ -7,7 +7,8 @@
 - :mod:`.common`: progress bars and small shared helpers;
 - one module per group of commands: :mod:`.cmd_inspect`, :mod:`.cmd_compress` (quantize,
   prune, report), :mod:`.cmd_deploy` (compile, run), :mod:`.cmd_bench`;
-- :mod:`.cmd_docs`: the command line of ``python -m slimfx._docs`` (the API pages).
+- :mod:`.cmd_docs`: the command line of ``python -m slimfx._docs`` (the API pages);
+- :mod:`.cmd_demo`: ``slimfx demo`` / ``python -m slimfx.demo``, the end-to-end demo.
 
 Each command module has ``add_parsers(sub, common)``, which adds its subcommands and sets
 ``run`` (a function of the parsed arguments returning the exit status) on each. Nothing

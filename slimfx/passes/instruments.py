@@ -219,7 +219,7 @@ class PassReport(Instrument):
 
         rep = PassReport(batches)
         g8 = slimfx.quantize(g, batches, ctx=PassContext([rep]))
-        print(rep.table())
+        text = rep.table()  # one row per pass
     """
 
     def __init__(self, data: Iterable[Any] | None = None, target: str | None = None, *,
@@ -300,15 +300,9 @@ class PassReport(Instrument):
                     worst = max(worst, float((r - o).abs().max()))
         return sqnr(signal, noise), worst
 
-    def _latency(self, graph: Graph) -> float:
-        from slimfx.backends.tvm import compile as tvm_compile
-
-        compiled = tvm_compile(graph, self.target, progress=False)
-        return compiled.benchmark(repeat=self.repeat, number=self.number).median_ms
-
     def _measure(self, index: int, name: str, changed: bool, graph: Graph,
                  prev: PassReportRow | None) -> None:
-        from slimfx.passes.quant.report import constant_bytes
+        from slimfx.passes.quant.report import compiled_latency_ms, constant_bytes
 
         if prev is not None:  # unchanged graph: the same figures
             self.rows.append(PassReportRow(index, name, changed, len(graph), prev.constant_bytes,
@@ -324,7 +318,8 @@ class PassReport(Instrument):
         latency = None
         if self.target is not None:
             try:
-                latency = self._latency(graph)
+                latency = compiled_latency_ms(graph, self.target, repeat=self.repeat,
+                                              number=self.number)
             except SlimfxError as e:
                 notes.append(f"not compiled: {str(e).splitlines()[0]}")
         self.rows.append(PassReportRow(index, name, changed, len(graph), constant_bytes(graph),

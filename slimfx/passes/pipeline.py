@@ -61,7 +61,7 @@ class Pipeline:
 
         p = Pipeline("fold-bn,fuse-activation,cleanup")
         g2 = p(g)                     # runs on a clone of g
-        print(p.describe())           # explicit pass list with every option
+        text = p.describe()           # explicit pass list with every option
     """
 
     __slots__ = ("items", "name")

@@ -12,8 +12,7 @@ Example::
 
     with RemoteModel("model.so", rpc=("127.0.0.1", 9190, "rk3588")) as remote:
         outputs = remote.run([x])
-        timing = remote.time([x], number=20, repeat=5)
-        print(timing.median_ms)
+        timing = remote.time([x], number=20, repeat=5)  # timing.median_ms: on the device
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from slimfx.passes.quant.arguments import (
     no_data_error,
 )
 from slimfx.passes.quant.qconfig import QConfig
-from slimfx.passes.quant.report import constant_bytes
+from slimfx.passes.quant.report import compiled_latency_ms, constant_bytes
 from slimfx.passes.quant.report_islands import FloatIsland, float_islands, format_islands
 from slimfx.passes.quant.sensitivity import (
     SensitivityReport,
@@ -377,7 +377,7 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
             meets = drop <= budget.max_drop
             kept = tuple(n for n in layers if level[n] == "float")
             raised = tuple((n, p) for n, p in level.items() if p not in ("float", ladder[0]))
-            lat = None if target is None else _latency(program, target)
+            lat = None if target is None else compiled_latency_ms(program, target)
             steps.append(PrecisionStep(kept, raised, value, drop, meets,
                                        constant_bytes(program), change, lat))
             logger.info("mixed precision: step %d (%s), %s %.6g (drop %.4g)", k, change,
@@ -409,17 +409,9 @@ def mixed_precision(graph: Graph, data: Iterable[Any] | None, budget: Budget, *,
     logger.info("mixed precision of @%s: %d layers float (%s), drop %.4g <= %g", graph.name,
                 len(kept), ", ".join(kept) or "none", steps[-1].drop, budget.max_drop)
     precisions = {n: level[n] for n in quantized}
-    float_latency = None if target is None else _latency(prepared, target)
+    float_latency = None if target is None else compiled_latency_ms(prepared, target)
     return MixedPrecisionResult(program, cfg, budget, float_value, tuple(steps), reasons,
                                 quantized, report, precisions, float_latency)
-
-
-def _latency(program: Graph, target: str) -> float:
-    """Median latency in ms of ``program`` compiled for ``target``, measured here."""
-    from slimfx.backends.tvm import compile as tvm_compile
-
-    return tvm_compile(program, target, progress=False).benchmark(repeat=5,
-                                                                   number=5).median_ms
 
 
 def _config(base: QConfig, lowest: str, level: dict[str, str], prepared: Graph) -> QConfig:

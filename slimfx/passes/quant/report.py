@@ -60,12 +60,21 @@ from slimfx.passes.quant.report_islands import FloatIsland, float_islands, forma
 if TYPE_CHECKING:
     from slimfx.passes.quant.mixed_precision import Budget
 
-__all__ = ["report", "measure", "QuantReport", "LayerError", "Step", "constant_bytes", "sqnr"]
+__all__ = ["report", "measure", "QuantReport", "LayerError", "Step", "constant_bytes", "sqnr",
+           "compiled_latency_ms"]
 
 
 def constant_bytes(graph: Graph) -> int:
     """Bytes the graph's constants take in a graph file (4-bit weights packed)."""
     return sum(stored_nbytes(v) for v in graph.constants.values() if v.const is not None)
+
+
+def compiled_latency_ms(graph: Graph, target: str, *, repeat: int = 5, number: int = 5) -> float:
+    """Median latency in ms of ``graph`` compiled (untuned) for ``target``, measured here."""
+    from slimfx.backends.tvm import compile as tvm_compile
+
+    compiled = tvm_compile(graph, target, progress=False)
+    return compiled.benchmark(repeat=repeat, number=number).median_ms
 
 
 def sqnr(signal: float, noise: float) -> float:
