@@ -201,7 +201,14 @@ def packed_conv(ctx: LowerContext, x: Expr, w: np.ndarray, b: Expr | None, *,
             corr = corr + bias.astype(np.int64)
     cb = ctx.const(corr.astype(np.int32), "int32")
     # target-neutral form (meta-schedule may still tensorize it)
+    # one row on cuda (a 1x1 map, batch 1): dlight's GEMV rule fails on the packed weight,
+    # so a zero second row (sliced off) takes its GEMM rule, on dp4a
+    one_row = m == 1 and ctx.target is not None and ctx.target.kind.name == "cuda"
+    if one_row:
+        col = ctx.emit(R.nn.pad(col, [0, 1, 0, 0]))
     acc = ctx.bb.emit_te(_dense_te, col, wp, cb, primfunc_name_hint="qconv_dense_packed")
+    if one_row:
+        acc = ctx.emit(R.strided_slice(acc, [0], [0], [1]))
     if b is not None and not isinstance(b, tvm.ir.expr.Constant):
         acc = ctx.emit(R.add(acc, R.reshape(ctx.cast(b, "int32"), [1, oc])))
     acc = ctx.emit(R.reshape(acc, [n, oh, ow, oc]))

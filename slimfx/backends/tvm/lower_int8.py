@@ -236,16 +236,28 @@ def _packed_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
         if b is not None and bias is None:
             acc = _bias(ctx, acc, b, -1)
         return R.reshape(acc, [*shape[:-1], n])
-    packed = w.reshape(n // 16, 16, k // 4, 4).transpose(0, 2, 1, 3)
+    # K padded to 4 (zero columns of u and w), N to 16 (zero rows of w), sliced off after:
+    # zero weights add exactly 0, and the packed form is what dp4a / vpdpbusd tensorize.
+    kp, np_ = -(-k // 4) * 4, -(-n // 16) * 16
+    # one row on cuda: dlight's GEMV rule fails on the packed weight, so two rows (the
+    # zero second row sliced off) take its GEMM rule, on dp4a
+    mp = 2 if m == 1 and _is_cuda(ctx) else m
+    if kp != k or mp != m:
+        u = ctx.emit(R.nn.pad(u, [0, mp - m, 0, kp - k]))
+    w2 = np.zeros((np_, kp), np.int8)
+    w2[:n, :k] = w
+    packed = w2.reshape(np_ // 16, 16, kp // 4, 4).transpose(0, 2, 1, 3)
     wp = ctx.const(np.ascontiguousarray(packed), "int8")
 
     def dense(a: te.Tensor, bp: te.Tensor) -> te.Tensor:
-        r = te.reduce_axis((0, k), "k")
-        return te.compute((m, n), lambda i, j: te.sum(
+        r = te.reduce_axis((0, kp), "k")
+        return te.compute((mp, np_), lambda i, j: te.sum(
             a[i, r].astype("int32") * bp[j // 16, r // 4, j % 16, r % 4].astype("int32"),
             axis=r), name="qdense_vnni")
 
     acc = ctx.bb.emit_te(dense, u, wp, primfunc_name_hint="qdense_packed")
+    if (mp, np_) != (m, n):
+        acc = ctx.emit(R.strided_slice(acc, [0, 1], [0, 0], [m, n]))
     acc = ctx.emit(R.add(acc, ctx.const(corr.astype(np.int32), "int32")))
     acc = _bias(ctx, acc, b, -1)
     return R.reshape(acc, [*shape[:-1], n])
@@ -264,6 +276,10 @@ def _avx2_qlinear(ctx: LowerContext, node: Node, x: Expr, w: np.ndarray,
     return R.reshape(acc, [*shape[:-1], w.shape[0]])
 
 
+def _is_cuda(ctx: LowerContext) -> bool:
+    return ctx.target is not None and ctx.target.kind.name == "cuda"
+
+
 @register_lowering("qlinear")
 @int4_weights  # 4-bit weights: stored packed (lower_int4.py)
 def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = None) -> Expr:
@@ -275,8 +291,9 @@ def _qlinear(ctx: LowerContext, node: Node, x: Expr, w: Expr, b: Expr | None = N
             pass
         elif conv_int8.x86_isa(ctx) == "avx2":  # (pads N to 8 itself)
             return _avx2_qlinear(ctx, node, x, wn, b)
-        elif ctx.dtype_of(x) in ("int8", "uint8") and (conv_int8.x86_isa(ctx) == "vnni" or (
-                wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0)):
+        elif ctx.dtype_of(x) in ("int8", "uint8") and (
+                conv_int8.x86_isa(ctx) == "vnni" or _is_cuda(ctx)
+                or (wn.shape[0] % 16 == 0 and wn.shape[1] % 4 == 0)):  # cuda: dp4a (pads)
             return _packed_qlinear(ctx, node, x, wn, b)
     xs = _shifted(ctx, x, node.attrs["x_zero_point"], "int32")
     wt = ctx.permute(ctx.cast(w, "int32"), [1, 0])

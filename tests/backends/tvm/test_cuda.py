@@ -96,6 +96,62 @@ def test_slimfx_compile_cuda_kernels(arch: str) -> None:
     assert not set(dp4a) & set(hmma)
 
 
+def _se_model(n_out: int, batch: int):
+    """An int8 CNN with a squeeze-excite 1x1 conv on a 1x1 map and a Linear(16, n_out)
+    head: at batch 1 both are one-row int8 GEMMs."""
+    import torch
+
+    import slimfx
+
+    class SE(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.se = torch.nn.Conv2d(16, 16, 1)
+            self.fc = torch.nn.Linear(16, n_out)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.c1(x))
+            x = x * torch.sigmoid(self.se(torch.nn.functional.adaptive_avg_pool2d(x, 1)))
+            return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    gen = torch.Generator().manual_seed(n_out * 10 + batch)
+    torch.manual_seed(n_out)
+    x = torch.randn(batch, 3, 8, 8, generator=gen)
+    data = [(torch.randn(batch, 3, 8, 8, generator=gen),) for _ in range(4)]
+    return slimfx.quantize(slimfx.trace(SE().eval(), (x,)), data), x
+
+
+@pytest.mark.parametrize(("n_out", "batch"), [(10, 1), (16, 1), (33, 3)])
+def test_cuda_int8_lowering_is_exact(n_out: int, batch: int) -> None:
+    """The int8 program lowered for CUDA (one-row GEMMs padded to two rows, N padded to
+    16, K to 4, all sliced off again) computes the torch reference's numbers exactly: the
+    same Relax module, built for the CPU here since no GPU is needed to check its values."""
+    import slimfx
+    from slimfx.backends.tvm.lower import lower_graph
+
+    q, x = _se_model(n_out, batch)
+    mod = lower_graph(q, target={"kind": "cuda", "arch": "sm_80"})
+    vm = tvm.relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    np.testing.assert_array_equal(got, slimfx.to_torch(q)(x).detach().numpy())
+
+
+@needs_tools
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", cuda_check.CUDA_ARCHS)
+def test_batch1_int8_linear_and_se_conv_compile_to_dp4a(arch: str) -> None:
+    """Batch 1 with a Linear(16, 10) and a 1x1 conv on a 1x1 map: once a build failure
+    (dlight's GEMV rule on the packed weight), and odd N fell to a matmul without dp4a."""
+    import slimfx
+
+    q, _ = _se_model(10, 1)
+    report = cuda_check.cuda_sass_report(slimfx.compile(q, f"cuda:{arch}"))
+    gemms = {k: c for k, c in report.items() if "dense_packed" in k}
+    assert any("qdense" in k for k in gemms) and any("qconv" in k for k in gemms), report
+    assert all(c.get("IDP", 0) > 0 for c in gemms.values()), gemms
+
+
 def test_parse_sass_counts_per_kernel() -> None:
     sass = """
         code for sm_80
