@@ -251,6 +251,33 @@ def _contract(case: FuzzCase, tensors: Sequence[torch.Tensor], result: torch.Ten
     return None
 
 
+_NORMS = ("group_norm", "instance_norm", "layer_norm")
+
+
+def _float64_norm(case: FuzzCase, tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The fp32 norm case computed in float64 and rounded once, or ``None`` for other cases.
+
+    torch's fp32 norms form ``x * s + (b - mean * s)`` with ``s = g * rsqrt(var + eps)``:
+    over a group whose variance is ~0 the two terms cancel and leave an error of about
+    ``eps32 * |x g| / sqrt(var + eps)``, far beyond any fixed bound. A build that disagrees
+    with the fp32 reference is then checked against this exact value instead.
+    """
+    if case.op not in _NORMS or tensors[0].dtype != torch.float32:
+        return None
+    x, *wb = (t.double() for t in tensors)
+    w, b = (wb + [None, None])[:2]
+    a = case.attrs
+    f = torch.nn.functional
+    with torch.no_grad():
+        if case.op == "group_norm":
+            y = f.group_norm(x, a["num_groups"], w, b, a["eps"])
+        elif case.op == "instance_norm":
+            y = f.instance_norm(x, weight=w, bias=b, eps=a["eps"])
+        else:
+            y = f.layer_norm(x, a["normalized_shape"], w, b, a["eps"])
+    return y.float()
+
+
 # ----------------------------------------------------------------------- targets
 def _compile_and_run(cases: list[FuzzCase], tensors: dict[str, list[torch.Tensor]],
                      target: str) -> dict[str, list[Any] | str]:
@@ -384,6 +411,10 @@ def _run_batch(chunk: list[FuzzCase], target: str) -> list[Outcome]:
             outcomes.append(Outcome(case, "passed", "compiled"))
             continue
         outcome = compare(case, refs[case.id], got, mags.get(case.id))
+        exact = _float64_norm(case, tensors[case.id]) if outcome.status != "passed" else None
+        if exact is not None and compare(case, [exact], got).status == "passed":
+            outcome = Outcome(case, "passed", "matches the float64 norm; the fp32 torch "
+                              "reference cancels (see _float64_norm)")
         if outcome.status == "passed" and contract is None:
             contract = _contract(case, tensors[case.id], torch.as_tensor(got[0]), target)
         outcomes.append(contract or outcome)

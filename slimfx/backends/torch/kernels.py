@@ -208,6 +208,13 @@ for _name, _fn in _BINARY.items():
 
 @register_kernel("div")
 def _div(a, b, *, rounding_mode):
+    out = torch.result_type(a, b)
+    if rounding_mode is not None and out in (torch.float16, torch.bfloat16):
+        # torch's own 16-bit trunc/floor division rounds a / b to 16 bits first on some
+        # kernel paths (vectorized, contiguous) and not on others (scalars, tails): the
+        # result depends on the shape. slimfx defines it once, as torch's scalar path
+        # does: computed in fp32, the integer result rounded to the 16-bit type.
+        return torch.div(a.float(), b.float(), rounding_mode=rounding_mode).to(out)
     return torch.div(a, b, rounding_mode=rounding_mode)
 
 

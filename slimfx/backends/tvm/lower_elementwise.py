@@ -422,10 +422,18 @@ def _div(ctx: LowerContext, node: Node, a: Expr, b: Expr) -> Expr:
     dt = _out_dtype(node)
     a, b = ctx.cast(a, dt), ctx.cast(b, dt)
     mode = node.attrs["rounding_mode"]
+    if mode is not None and dt in ("float16", "bfloat16"):
+        # in fp32, the integer result rounded to 16 bits (the torch backend's definition;
+        # torch's own kernels round a / b to 16 bits first on some paths only). LLVM has
+        # no bf16 fmod: computed in bf16 the build failed or crashed
+        wide = ctx.cast(a, "float32"), ctx.cast(b, "float32")
+        q = _floor_divide_float(ctx, *wide) if mode == "floor" else \
+            R.trunc(ctx.emit(R.divide(*wide)))
+        return ctx.cast(ctx.emit(q), dt)
     if mode == "floor":
         return _floor_divide_float(ctx, a, b) if is_float(dt) else R.floor_divide(a, b)
     q = ctx.emit(R.divide(a, b))
-    if mode == "trunc" and dt.startswith(("float", "bfloat")):
+    if mode == "trunc" and is_float(dt):
         return R.trunc(q)
     return q
 
