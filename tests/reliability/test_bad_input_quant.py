@@ -19,6 +19,7 @@ from slimfx.errors import CalibrationError, PassError, QuantizationError
 from slimfx.ir import Graph
 from slimfx.passes.quant import QConfig, prepare_ptq
 from slimfx.passes.quant.observers import EPS
+from slimfx.passes.quant.qconfig import OpQConfig, QScheme
 
 CALIB_LOG = "slimfx.passes.quant.calibrate"
 
@@ -331,3 +332,46 @@ def test_calibrate_refuses_a_graph_without_observers(cnn) -> None:
         slimfx.calibrate(g, data, progress=False)
     with pytest.raises(PassError, match="no statistics"):
         slimfx.Pipeline("ptq-int8,convert-int8")(g)  # outside quantize nothing calibrates
+
+
+# ----------------------------------------------------------------------- QConfig construction
+@pytest.mark.parametrize("make, message", [
+    (lambda: QConfig([[1]]), r"default must be an OpQConfig or None.*got list"),
+    (lambda: QConfig("x86"), r"default must be an OpQConfig or None.*got str"),
+    (lambda: QConfig(by_op={"linear": 3}), r"by_op\['linear'\] must be an OpQConfig"),
+    (lambda: QConfig(by_op=[("linear",)]), r"by_op entry \('linear',\) is not a \(name"),
+    (lambda: QConfig(by_op=5), r"by_op must map names to OpQConfig.*got int"),
+    (lambda: QConfig(by_name={"fc.*": "int8"}), r"by_name\['fc\.\*'\] must be an OpQConfig"),
+    (lambda: QConfig(by_name={3: None}), r"by_name entry \(3, None\) is not a \(name"),
+    (lambda: QConfig(exclude=[1]), r"exclude entry 1 is not a string"),
+    (lambda: QConfig(exclude_ops=None), r"exclude_ops must be a string or a list.*NoneType"),
+    (lambda: QScheme(qmin=1.5), r"qmin must be an integer, got 1.5"),
+    (lambda: QScheme(qmax="127"), r"qmax must be an integer, got '127'"),
+    (lambda: QScheme(bins=True), r"bins must be an integer, got True"),
+    (lambda: QScheme(symmetric="yes"), r"symmetric must be True or False, got 'yes'"),
+    (lambda: QScheme(per_channel=1), r"per_channel must be True or False, got 1"),
+    (lambda: QScheme(observer="max"), r"observer='max' is not known; choose one of minmax"),
+    (lambda: QScheme(method="kl"), r"method='kl' is not known"),
+    (lambda: QScheme(percentile=math.nan), r"percentile must be a finite number, got nan"),
+    (lambda: QScheme(averaging_constant=0), r"averaging_constant must lie in \(0, 1\]"),
+    (lambda: QScheme(dtype=8), r"dtype 8 is not supported; use i8 or u8"),
+    (lambda: OpQConfig(activation="i8"), r"activation must be a QScheme, got str"),
+    (lambda: OpQConfig(weight=None), r"weight must be a QScheme, got NoneType"),
+])
+def test_qconfig_construction_checks_types_and_names_the_field(make, message) -> None:
+    with pytest.raises(QuantizationError, match=message):
+        make()
+
+
+def test_qconfig_accepts_numpy_scalars_and_quantizes_like_the_plain_values(cnn) -> None:
+    import numpy as np
+
+    g, data = cnn
+    plain = QConfig(OpQConfig(weight=QScheme(qmin=-127, qmax=127, symmetric=True,
+                                             per_channel=True)))
+    numpy_ = QConfig(OpQConfig(weight=QScheme(qmin=np.int64(-127), qmax=np.int32(127),
+                                              symmetric=np.bool_(True), per_channel=True)))
+    assert numpy_ == plain and type(numpy_.default.weight.qmin) is int
+    a = slimfx.quantize(g, data, qconfig=plain)
+    b = slimfx.quantize(g, data, qconfig=numpy_)
+    assert torch.equal(slimfx.to_torch(a)(data[0]), slimfx.to_torch(b)(data[0]))

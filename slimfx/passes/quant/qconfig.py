@@ -30,10 +30,14 @@ is the int8 one with narrower weight values; 4-bit weights are stored packed two
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal
+
+import numpy as np
 
 from slimfx.errors import QuantizationError
 from slimfx.ir.core import Graph, Node
@@ -43,6 +47,8 @@ __all__ = ["QScheme", "OpQConfig", "QConfig", "INTEGER_OPS", "PASSTHROUGH_OPS"]
 
 ObserverKind = Literal["minmax", "moving_average", "histogram"]
 RangeMethod = Literal["minmax", "percentile", "entropy", "mse"]
+_OBSERVERS = ("minmax", "moving_average", "histogram")
+_METHODS = ("minmax", "percentile", "entropy", "mse")
 
 # Ops that convert-int8 can turn into integer ops.
 INTEGER_OPS = frozenset({"conv1d", "conv2d", "linear", "matmul", "add", "mul", "cat",
@@ -83,7 +89,33 @@ class QScheme:
     bins: int = 2048
 
     def __post_init__(self) -> None:
-        if self.dtype not in ("i8", "u8"):
+        for name in ("qmin", "qmax", "bins"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise QuantizationError(f"QScheme: {name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # numpy integers too
+        for name in ("symmetric", "per_channel"):
+            value = getattr(self, name)
+            if not isinstance(value, bool | np.bool_):
+                raise QuantizationError(f"QScheme: {name} must be True or False, got "
+                                        f"{value!r}")
+            object.__setattr__(self, name, bool(value))
+        for name in ("percentile", "averaging_constant"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not math.isfinite(value):
+                raise QuantizationError(f"QScheme: {name} must be a finite number, got "
+                                        f"{value!r}")
+            object.__setattr__(self, name, float(value))
+        for name, allowed in (("observer", _OBSERVERS), ("method", _METHODS)):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value not in allowed:
+                raise QuantizationError(f"QScheme: {name}={value!r} is not known; choose one "
+                                        f"of {', '.join(allowed)}")
+        if not 0.0 < self.averaging_constant <= 1.0:
+            raise QuantizationError(f"QScheme: averaging_constant must lie in (0, 1], got "
+                                    f"{self.averaging_constant}")
+        if not isinstance(self.dtype, str) or self.dtype not in ("i8", "u8"):
             raise QuantizationError(f"QScheme: dtype {self.dtype!r} is not supported; use i8 "
                                     "or u8")
         if self.qmin >= self.qmax:
@@ -120,6 +152,51 @@ class OpQConfig:
     activation: QScheme = ACT_INT8
     weight: QScheme = WEIGHT_INT8
 
+    def __post_init__(self) -> None:
+        for name in ("activation", "weight"):
+            value = getattr(self, name)
+            if not isinstance(value, QScheme):
+                raise QuantizationError(
+                    f"OpQConfig: {name} must be a QScheme, got {type(value).__name__} "
+                    f"{value!r:.80}; e.g. OpQConfig(activation=QScheme(), "
+                    "weight=QScheme(qmin=-127, qmax=127, symmetric=True, per_channel=True))")
+
+
+def _check_config(where: str, value: object) -> None:
+    if value is not None and not isinstance(value, OpQConfig):
+        raise QuantizationError(f"QConfig: {where} must be an OpQConfig or None (kept float), "
+                                f"got {type(value).__name__} {value!r:.80}")
+
+
+def _pairs(attr: str, value: object) -> tuple[tuple[str, OpQConfig | None], ...]:
+    """``by_op`` / ``by_name`` as (key, config) pairs, checked."""
+    if isinstance(value, Mapping):
+        value = tuple(value.items())
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise QuantizationError(f"QConfig: {attr} must map names to OpQConfig (a dict or "
+                                f"(name, config) pairs), got {type(value).__name__}")
+    out = []
+    for item in value:
+        if not isinstance(item, tuple | list) or len(item) != 2 or not isinstance(item[0], str):
+            raise QuantizationError(f"QConfig: {attr} entry {item!r:.80} is not a (name, "
+                                    "OpQConfig | None) pair")
+        _check_config(f"{attr}[{item[0]!r}]", item[1])
+        out.append((item[0], item[1]))
+    return tuple(out)
+
+
+def _names(attr: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, Iterable) or isinstance(value, bytes):
+        raise QuantizationError(f"QConfig: {attr} must be a string or a list of strings, got "
+                                f"{type(value).__name__}")
+    out = tuple(value)
+    for v in out:
+        if not isinstance(v, str):
+            raise QuantizationError(f"QConfig: {attr} entry {v!r:.80} is not a string")
+    return out
+
 
 @dataclass(frozen=True)
 class QConfig:
@@ -141,13 +218,11 @@ class QConfig:
     exclude_ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _check_config("default", self.default)
         for attr in ("by_op", "by_name"):
-            value = getattr(self, attr)
-            if isinstance(value, Mapping):
-                object.__setattr__(self, attr, tuple(value.items()))
+            object.__setattr__(self, attr, _pairs(attr, getattr(self, attr)))
         for attr in ("exclude", "exclude_ops"):
-            value = getattr(self, attr)
-            object.__setattr__(self, attr, (value,) if isinstance(value, str) else tuple(value))
+            object.__setattr__(self, attr, _names(attr, getattr(self, attr)))
         for op in [o for o, _ in self.by_op] + list(self.exclude_ops):
             if not has_op(op):
                 raise QuantizationError(f"QConfig names op {op!r}, which is not a registered "
