@@ -42,16 +42,41 @@ def _calib_options(p: argparse.ArgumentParser, required: bool) -> None:
                    help="QConfig preset for ptq-int8 (default x86)")
 
 
+_QAT = ("qat-int8", "qat-int8-bn")  # prepare training: slimfx.prepare_qat, not quantize
+
+
+def pipeline_help() -> str:
+    """The ``--pipeline`` help of ``quantize``, from the registry (read when help is shown,
+    so that building the parser imports no pass module)."""
+    from slimfx.passes.registry import known_pipelines
+
+    names = [n for n in known_pipelines() if n not in _QAT and n != "ptq-int8"]
+    return ("ptq-int8 (default), " + ", ".join(names) + " or any pipeline string "
+            "('slimfx pipelines' shows what each runs); " + " and ".join(_QAT) + " prepare "
+            "quantization-aware training, which needs a training loop: the Python API "
+            "slimfx.prepare_qat / slimfx.convert")
+
+
+class _RegistryHelp(argparse.HelpFormatter):
+    """Fills in the ``--pipeline`` help from the pass registry."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "pipeline":
+            return pipeline_help()
+        return super()._get_help_string(action)
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from slimfx._cli.models import MODEL_HELP
 
     q = sub.add_parser("quantize", parents=[common], help="quantize a model, write the graph",
+                       formatter_class=_RegistryHelp,
                        description="Quantizes MODEL with a pipeline (calibrating on --calib "
                        "when it inserts observers) and writes the graph (.safetensors).")
     q.add_argument("model", metavar="MODEL", help=MODEL_HELP)
     _calib_options(q, required=False)
     q.add_argument("--pipeline", default="ptq-int8", metavar="P",
-                   help="ptq-int8 (default), dynamic-int8, fp16, bf16 or any pipeline string")
+                   help="filled in from the pass registry (_RegistryHelp)")
     q.add_argument("--form", choices=("int8", "qdq"), default="int8",
                    help="static int8: exact integer ops (default) or simulated QDQ")
     q.add_argument("-o", "--output", required=True, metavar="GRAPH.safetensors",

@@ -98,6 +98,10 @@ def output_path(path: str, suffixes: tuple[str, ...], what: str) -> Path:
     if p.suffix.lower() not in suffixes:
         raise SlimfxError(f"{what} {path!r} must end in {' or '.join(suffixes)}")
     if not p.parent.is_dir():
+        parent = next((a for a in (p.parent, *p.parent.parents) if a.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise SlimfxError(f"cannot write {path!r}: {str(parent)!r} is a file, not a "
+                              "directory; choose another output path")
         raise SlimfxError(f"cannot write {path!r}: directory {str(p.parent)!r} does not exist")
     return p
 

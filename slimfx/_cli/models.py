@@ -89,6 +89,10 @@ def load_model(spec: str) -> LoadedModel:
             return LoadedModel(spec, _graph=load_graph(p))
         if suffix == ".pt2":
             return _load_pt2(p, spec)
+        if suffix in (".slim", ".tar"):
+            raise SlimfxError(f"model file {spec!r} is a compiled model: it can be run "
+                              "('slimfx run', 'slimfx bench'), not compressed or compiled "
+                              f"again; MODEL is {MODEL_HELP}")
         raise SlimfxError(f"model file {spec!r}: unknown kind of file {p.suffix or '(no suffix)'!r}"
                           f"; MODEL is {MODEL_HELP}")
     if _ENTRY.fullmatch(spec):

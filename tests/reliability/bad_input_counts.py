@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 SUITE = ("test_bad_input_trace.py", "test_bad_input_ir.py", "test_bad_input_quant.py",
          "test_bad_input_prune.py", "test_bad_input_compiled.py", "test_bad_input_cli.py",
          "test_artifact_safety.py", "test_graph_file_security.py", "test_deep_graphs.py",
-         "test_model_regressions.py")
+         "test_model_regressions.py", "test_bad_input_cli_commands.py")
 
 
 def _expected(fn: ast.FunctionDef) -> str:

@@ -136,6 +136,7 @@ def compile(  # noqa: A001 - the public name is slimfx.compile
     mod = lower_graph(graph, more=more, target=tvm_target)
     load_fn = LOAD_FN if any(gv.name_hint == LOAD_FN for gv in mod.get_global_vars()) else None
     db_dir = Path(tuning_db) if tuning_db is not None else tuning.default_db_dir()
+    tuning.check_db_path(db_dir)
     try:
         with tvm.transform.PassContext(opt_level=opt_level):
             mod = tuning.prepare(mod, tvm_target)

@@ -470,6 +470,22 @@ def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str,
                                                          to_tvm_dtype(v.dtype)))
               for v in graph.inputs]
     env: dict[int, relax.Expr] = {id(v): p for v, p in zip(graph.inputs, params, strict=True)}
+    try:
+        _lower_body(ctx, bb, graph, func_name, params, env)
+    except BaseException:
+        # the function scope leaves its binding block open when its body raises, and TVM
+        # then prints "BlockBuilder destroyed with remaining blocks!" on stderr: close it
+        try:
+            bb._end_block()
+            bb.end_scope()
+        except Exception:  # noqa: BLE001 - nothing was left open: keep the first error
+            pass
+        raise
+    return ctx._params
+
+
+def _lower_body(ctx: LowerContext, bb: relax.BlockBuilder, graph: Graph, func_name: str,
+                params: list[relax.Var], env: dict[int, relax.Expr]) -> None:
     fused: set[int] = set()  # consumers already lowered with their producer
     with bb.function(func_name):  # the parameters are given at the end (load-time ones)
         with bb.dataflow():
@@ -485,7 +501,6 @@ def _lower_function(bb: relax.BlockBuilder, graph: Graph, func_name: str,
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             gv = bb.emit_output(result)
         bb.emit_func_output(gv, params=[*params, *ctx._params.values()])
-    return ctx._params
 
 
 def _prim_expr(e: Any, names: dict[str, Any]) -> Any:

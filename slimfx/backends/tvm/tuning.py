@@ -28,8 +28,8 @@ from typing import Any
 
 from slimfx.errors import ArtifactError
 
-__all__ = ["TuneReport", "default_db_dir", "has_db", "prepare", "tune", "apply_db",
-           "register_vnni_fix", "load_tensor_intrinsics"]
+__all__ = ["TuneReport", "default_db_dir", "has_db", "check_db_path", "prepare", "tune",
+           "apply_db", "register_vnni_fix", "load_tensor_intrinsics"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,13 @@ def default_db_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "slimfx" / "tuning"
 
 
+def check_db_path(db_dir: Path) -> None:
+    """Raises :class:`ArtifactError` when ``db_dir`` exists and is not a directory."""
+    if db_dir.exists() and not db_dir.is_dir():
+        raise ArtifactError(f"the tuning database {db_dir} is a file; tuning_db names a "
+                            "directory (created if missing): pass another path")
+
+
 def has_db(db_dir: Path) -> bool:
     """Whether ``db_dir`` holds a tuning database with at least one record."""
     rec = Path(db_dir) / _RECORDS
@@ -78,6 +85,7 @@ def _database(db_dir: Path) -> Any:
     """
     from tvm.s_tir import meta_schedule as ms
 
+    check_db_path(db_dir)
     try:
         db_dir.mkdir(parents=True, exist_ok=True)
         return ms.database.JSONDatabase(str(db_dir / _WORKLOADS), str(db_dir / _RECORDS),
