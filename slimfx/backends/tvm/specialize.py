@@ -263,6 +263,26 @@ def _expand(node: Node, ins: Axes, outs: Axes) -> None:
     _same(node, ins, outs, ins[0] + node.outputs[0].type.rank - node.inputs[0].type.rank)
 
 
+def _recurrent(node: Node, ins: Axes, outs: Axes) -> None:
+    """lstm / gru (and their dynamic-int8 forms): the batch dim of the sequence is dim 0
+    (``batch_first``) or 1; the states' is dim 1; the weights hold none. Each sample's
+    recurrence is its own (dynamic-int8: only with one activation scale per row)."""
+    if node.op.name.startswith("dynamic_") and not node.attrs.get("per_token"):
+        raise _NotBatch("its activation scale is one amax over the whole batch "
+                        "(per_token=false), so each sample's numbers depend on the others")
+    seq = 0 if node.attrs["batch_first"] else 1
+    states = 2 if node.op.name.endswith("lstm") else 1
+    if ins[0] != seq:
+        raise _NotBatch(f"the batch dim of its sequence is not dim {seq}")
+    if any(a not in (None, 1) for a in ins[1:1 + states]):
+        raise _NotBatch("the batch dim of its initial states is not dim 1")
+    if any(a is not None for a in ins[1 + states:]):
+        raise _NotBatch("its weights hold the batch dim")
+    want = [seq] + [1] * (len(outs) - 1)
+    if any(o is not None and o != w for o, w in zip(outs, want, strict=True)):
+        raise _NotBatch("its results hold the batch dim elsewhere than its operands")
+
+
 def _pad(node: Node, ins: Axes, outs: Axes) -> None:
     rank = node.inputs[0].type.rank
     if ins[0] >= rank - len(node.attrs["pads"]) // 2:
@@ -304,6 +324,7 @@ _RULES: dict[str, Rule] = {
     "permute": _permute,
     "pad": _pad,
     "dynamic_linear": _per_token,
+    **{op: _recurrent for op in ("lstm", "gru", "dynamic_lstm", "dynamic_gru")},
 }
 
 
@@ -342,6 +363,8 @@ def _check_batch(graph: Graph, name: str) -> None:
         if all(a is None for a in ins + outs):
             continue
         if all(a is None for a in ins):
+            if node.op.name == "expand":  # a batch-free value (an RNN's zero state) copied
+                continue  # to every sample: each gets the same numbers
             raise _NotBatch(f"{node.describe()}: {name} appears in its results but not its "
                             "operands")
         rule = _RULES.get(node.op.name)

@@ -514,3 +514,52 @@ def test_batch_buckets_need_a_batch_symbol() -> None:
     with pytest.raises(SlimfxError, match=r"batch_buckets needs a batch symbol.*%across = "
                                           r"softmax.*axis=0 is the batch dim.*shapes= instead"):
         slimfx.compile(g, "x86", batch_buckets=(4,))
+
+
+class _Recurrent(torch.nn.Module):
+    """A 2-layer bidirectional LSTM and a GRU (batch first, zero initial states: ``expand``
+    of a batch-free constant), the last step of each to a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(6, 8, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = torch.nn.GRU(16, 8, batch_first=True)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.lstm(x)
+        z, h = self.gru(y)
+        return self.head(z[:, -1] + h[0])
+
+
+@pytest.mark.parametrize("pipeline", [None, "dynamic-int8"])
+def test_traced_lstm_and_gru_with_a_dynamic_batch_run_per_sample(pipeline) -> None:
+    """The LSTM/GRU batch dim (sequence dim 0, states dim 1) and the zero states' expand are
+    per sample: compiled once, the batch-1 program serves every size (the symbolic path has
+    no RNN lowering); within 1e-5 of the torch reference at every size (the gates are float
+    math, sigmoid/tanh, in both forms)."""
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    n = torch.export.Dim("N", min=1, max=16)
+    g = slimfx.trace(model, (torch.randn(2, 5, 6),), dynamic_shapes={"x": {0: n}})
+    if pipeline:
+        g = slimfx.quantize(g, pipeline=pipeline)
+        assert any(nd.op.name == "dynamic_lstm" for nd in g.nodes)
+    assert batch_symbols(g) == {"N": None}
+    c = slimfx.compile(g, "x86")
+    assert c.batch == "N"
+    ref = slimfx.to_torch(g)
+    for b in (1, 3, 7):
+        x = torch.randn(b, 5, 6)
+        got, want = torch.as_tensor(np.asarray(c(x))), ref(x).detach()
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), b
+        if not pipeline:
+            assert torch.allclose(got, model(x), atol=1e-5, rtol=1e-5), b
+
+
+def test_rnn_whose_scale_spans_the_batch_is_not_per_sample() -> None:
+    torch.manual_seed(0)
+    n = torch.export.Dim("N", min=1, max=16)
+    g = slimfx.trace(_Recurrent().eval(), (torch.randn(2, 5, 6),), dynamic_shapes={"x": {0: n}})
+    q = slimfx.quantize(g, pipeline="quantize-dynamic-int8{per_token=false}")
+    assert "per_token=false" in batch_symbols(q)["N"]
