@@ -36,6 +36,8 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import torch
+
 from slimfx.errors import SlimfxError
 from slimfx.ir.core import Graph, Node, Value
 from slimfx.ir.ops import Trait
@@ -348,13 +350,68 @@ def batch_symbols(graph: Graph, names: Iterable[str] | None = None) -> dict[str,
     return out
 
 
+def _live_nodes(graph: Graph) -> set[int]:
+    """The ids of the nodes whose results reach a graph output."""
+    needed = {id(v) for v in graph.outputs}
+    live: set[int] = set()
+    for node in reversed(list(graph.nodes)):
+        if any(id(v) in needed for v in node.outputs):
+            live.add(id(node))
+            needed.update(id(v) for v in node.inputs)
+    return live
+
+
+def _is_sample_index(node: Node, name: str) -> bool:
+    """``slice(arange(K), axis=0, start=0, end=N, step=1)``: sample ``i``'s own index ``i``
+    (transformers' mask code: ``batch_idx = arange(batch_size)``); ``0`` at ``N = 1``."""
+    if node.op.name != "slice" or node.attrs["axis"] not in (0, -1) or \
+            node.attrs["start"] not in (0, None) or node.attrs["step"] != 1:
+        return False
+    end, c = node.attrs["end"], node.inputs[0].const
+    if type(end) is int or not getattr(end, "is_Symbol", False) or end.name != name:
+        return False
+    return c is not None and c.dim() == 1 and not c.is_floating_point() and \
+        torch.equal(c, torch.arange(c.numel(), dtype=c.dtype))
+
+
+def _takes_sample_index(node: Node, name: str, ins: Axes, outs: Axes,
+                        sample_index: set[int]) -> bool:
+    """Whether ``node`` keeps the sample index a sample index (a reshape that keeps the
+    batch dim in front), or uses it only to pick each sample's own row (``x[batch_idx,
+    ...]`` of an ``x`` whose dim 0 is the batch: at ``N = 1`` it picks row 0, the sample's
+    own); records the reshape's result. Raises when the index is used otherwise."""
+    if not any(id(v) in sample_index for v in node.inputs):
+        return False
+    if node.op.name == "reshape" and ins[0] == 0:
+        _reshape(node, ins, outs)
+        sample_index.add(id(node.outputs[0]))
+        return True
+    if node.op.name == "opaque" and node.attrs["target"] == "aten.index.Tensor":
+        import json
+
+        args = json.loads(node.attrs["spec"]).get("args", [])
+        if len(args) == 2 and args[0] == {"$in": 0} and isinstance(args[1], list) and \
+                args[1] and all(isinstance(a, dict) and "$in" in a for a in args[1]):
+            first, *rest = (node.inputs[a["$in"]] for a in args[1])
+            if ins[0] == 0 and outs == [0] and id(first) in sample_index and \
+                    _axis(first, name) == 0 and \
+                    all(id(v) not in sample_index and _axis(v, name) is None for v in rest):
+                return True
+    raise _NotBatch(f"{node.describe()}: it computes with the sample index (each sample's "
+                    "position in the batch) other than to pick the sample's own row")
+
+
 def _check_batch(graph: Graph, name: str) -> None:
     if not any(_axis(v, name) == 0 for v in graph.inputs):
         raise _NotBatch(f"no graph input has {name} as its dim 0")
     for v in graph.inputs:
         if _axis(v, name) not in (None, 0):
             raise _NotBatch(f"input %{v.name} ({v.type}) has {name} other than at dim 0")
+    live = _live_nodes(graph)
+    sample_index: set[int] = set()  # values holding each sample's own index (module doc)
     for node in graph.nodes:
+        if id(node) not in live:  # dead code (a mask helper nobody reads) cannot mix samples
+            continue
         try:
             ins = [_axis(v, name) for v in node.inputs]
             outs = [_axis(v, name) for v in node.outputs]
@@ -362,9 +419,18 @@ def _check_batch(graph: Graph, name: str) -> None:
             raise _NotBatch(f"{node.describe()}: {e}") from None
         if all(a is None for a in ins + outs):
             continue
+        if _takes_sample_index(node, name, ins, outs, sample_index):
+            continue
+        if any(id(v) in sample_index for v in node.inputs):
+            raise _NotBatch(f"{node.describe()}: it computes with the sample index (each "
+                            "sample's position in the batch), which is 0 for every sample "
+                            "of a per-sample run")
         if all(a is None for a in ins):
             if node.op.name == "expand":  # a batch-free value (an RNN's zero state) copied
                 continue  # to every sample: each gets the same numbers
+            if _is_sample_index(node, name):
+                sample_index.add(id(node.outputs[0]))
+                continue
             raise _NotBatch(f"{node.describe()}: {name} appears in its results but not its "
                             "operands")
         rule = _RULES.get(node.op.name)

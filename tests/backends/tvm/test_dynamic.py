@@ -293,7 +293,8 @@ def _positions() -> Graph:
 
 def test_slice_with_a_symbolic_end_compiles() -> None:
     g = _positions()
-    assert "%head" in batch_symbols(g)["N"]  # samples differ: no per-sample loop
+    reason = batch_symbols(g)["N"]  # samples differ: no per-sample loop
+    assert "%shifted" in reason and "sample index" in reason, reason
     c = slimfx.compile(g, "x86")
     for n in (1, 5, 8):
         x = torch.randint(-9, 9, (n,))
@@ -563,3 +564,46 @@ def test_rnn_whose_scale_spans_the_batch_is_not_per_sample() -> None:
     g = slimfx.trace(_Recurrent().eval(), (torch.randn(2, 5, 6),), dynamic_shapes={"x": {0: n}})
     q = slimfx.quantize(g, pipeline="quantize-dynamic-int8{per_token=false}")
     assert "per_token=false" in batch_symbols(q)["N"]
+
+
+def test_transformers_mask_batch_index_stays_per_sample() -> None:
+    """transformers' mask code indexes the padding mask with ``arange(batch)`` (an opaque
+    ``aten.index.Tensor``): each sample picks its own row, so ``N`` stays a batch symbol
+    and a BERT traced with a dynamic batch compiles once for every size (was: symbolic
+    path, which fails in the opaque index)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64)
+    model = transformers.BertModel(cfg).eval()
+    ids, mask = torch.randint(0, 100, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+    n = torch.export.Dim("N", min=1, max=16)
+    g = slimfx.trace(model, (ids, mask),
+                     dynamic_shapes={"input_ids": {0: n}, "attention_mask": {0: n}})
+    assert any(nd.op.name == "opaque" and nd.attrs["target"] == "aten.index.Tensor"
+               for nd in g.nodes)
+    assert batch_symbols(g) == {"N": None}
+    c = slimfx.compile(g, "x86")
+    assert c.batch == "N"
+    for b in (1, 3):
+        x, m = torch.randint(0, 100, (b, 12)), torch.ones(b, 12, dtype=torch.long)
+        m[-1, 7:] = 0  # the last sample is padded: its row of the mask differs
+        got = torch.as_tensor(np.asarray(c(x, m)[0]))
+        assert torch.allclose(got, model(x, m)[0], atol=1e-5, rtol=1e-5), b
+
+
+class _UsesBatchIndex(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.arange(x.shape[0]).reshape(-1, 1)  # a number per position
+
+
+def test_computing_with_the_batch_index_is_not_per_sample() -> None:
+    n = torch.export.Dim("N", min=1, max=16)
+    g = slimfx.trace(_UsesBatchIndex(), (torch.randn(3, 4),), dynamic_shapes={"x": {0: n}})
+    reason = batch_symbols(g)["N"]
+    assert reason is not None and "sample index" in reason and "%add" in reason
+    c = slimfx.compile(g, "x86")
+    assert c.batch is None  # symbolic: the right numbers at every size
+    x = torch.randn(5, 4)
+    assert torch.allclose(torch.as_tensor(np.asarray(c(x))), _UsesBatchIndex()(x))
