@@ -401,6 +401,69 @@ def _takes_sample_index(node: Node, name: str, ins: Axes, outs: Axes,
                     "position in the batch) other than to pick the sample's own row")
 
 
+def _merged(v: Value, name: str) -> int | None:
+    """``k`` when ``v``'s dim 0 is ``name * k`` (``k`` > 1 static: the batch merged with the
+    next dims, as ``x.view(-1, d)`` before a GPT-2 ``Conv1D`` does) and no other dim holds
+    ``name``; else ``None``."""
+    if not v.shape:
+        return None
+    d = v.shape[0]
+    if type(d) is int or not getattr(d, "is_Mul", False):
+        return None
+    k = [a for a in d.args if a.is_Integer]
+    sym = [a for a in d.args if not a.is_Integer]
+    if len(k) != 1 or len(sym) != 1 or not (sym[0].is_Symbol and sym[0].name == name) or \
+            any(type(e) is not int for e in v.shape[1:]):
+        return None
+    return int(k[0])
+
+
+def _per_sample_size(v: Value, name: str) -> int | None:
+    """Elements per sample of a value whose dim 0 is ``name`` or ``name * k`` and whose
+    other dims are static, else ``None``."""
+    if not v.shape or any(type(e) is not int for e in v.shape[1:]):
+        return None
+    d = v.shape[0]
+    k = 1 if getattr(d, "is_Symbol", False) and d.name == name else _merged(v, name)
+    return None if k is None else k * math.prod(v.shape[1:])
+
+
+def _merged_rows(node: Node, name: str) -> None:
+    """A node that sees a batch merged into dim 0 (:func:`_merged`): each sample is a
+    contiguous block of rows; allowed are reshapes that keep every sample's block (batch
+    dim first on both sides, the same elements per sample), products of those rows with a
+    batch-free matrix (``matmul``/``linear``), and elementwise ops whose other operands are
+    batch-free and do not broadcast along dim 0."""
+    x, y = node.inputs[0], node.outputs[0]
+    op = node.op.name
+    if op == "reshape":
+        a, b = _per_sample_size(x, name), _per_sample_size(y, name)
+        if a is None or a != b:
+            raise _NotBatch(f"it reshapes {x.type} to {y.type}, which moves samples")
+        return
+    k = _merged(x, name)
+    if k is None or _merged(y, name) != k or len(node.outputs) != 1:
+        raise _NotBatch(f"op {op!r} on a batch merged into dim 0 ({x.type}) is not known to "
+                        "keep samples apart")
+    rest = node.inputs[1:]
+    if any(_merged(v, name) is not None or _axis(v, name) is not None for v in rest) and \
+            not node.op.has(Trait.ELEMENTWISE):
+        raise _NotBatch("a second operand holds the batch dim")
+    if op in ("matmul", "linear") and x.type.rank == 2:
+        return
+    if node.op.has(Trait.ELEMENTWISE):
+        for v in rest:
+            if _merged(v, name) == k and v.type.rank == x.type.rank:
+                continue
+            if _axis(v, name) is not None or _merged(v, name) is not None or \
+                    (v.type.rank == y.type.rank and v.shape[0] != 1):
+                raise _NotBatch(f"operand %{v.name} ({v.type}) broadcasts along the rows "
+                                "of the merged batch")
+        return
+    raise _NotBatch(f"op {op!r} on a batch merged into dim 0 ({x.type}) is not known to keep "
+                    "samples apart")
+
+
 def _check_batch(graph: Graph, name: str) -> None:
     if not any(_axis(v, name) == 0 for v in graph.inputs):
         raise _NotBatch(f"no graph input has {name} as its dim 0")
@@ -411,6 +474,12 @@ def _check_batch(graph: Graph, name: str) -> None:
     sample_index: set[int] = set()  # values holding each sample's own index (module doc)
     for node in graph.nodes:
         if id(node) not in live:  # dead code (a mask helper nobody reads) cannot mix samples
+            continue
+        if any(_merged(v, name) is not None for v in [*node.inputs, *node.outputs]):
+            try:
+                _merged_rows(node, name)
+            except _NotBatch as e:
+                raise _NotBatch(f"{node.describe()}: {e}") from None
             continue
         try:
             ins = [_axis(v, name) for v in node.inputs]
@@ -445,6 +514,10 @@ def _check_batch(graph: Graph, name: str) -> None:
         except _NotBatch as e:
             raise _NotBatch(f"{node.describe()}: {e}") from None
     for v in graph.outputs:
-        if _axis(v, name) != 0:
+        try:
+            axis = _axis(v, name)
+        except _NotBatch:  # e.g. f32[N*3,4]: a merged batch is fine inside, not as a result
+            axis = None
+        if axis != 0:
             raise _NotBatch(f"output %{v.name} ({v.type}) does not have the batch dim {name} "
                             "as its dim 0")
