@@ -285,6 +285,31 @@ def _recurrent(node: Node, ins: Axes, outs: Axes) -> None:
         raise _NotBatch("its results hold the batch dim elsewhere than its operands")
 
 
+def _opaque(node: Node, ins: Axes, outs: Axes) -> None:
+    """Opaque torch calls known to keep samples apart: ``aten.cumsum`` and ``aten.gather``
+    along another dim than the batch dim (RoBERTa's position ids from the padding mask)."""
+    import json
+
+    target = node.attrs["target"]
+    args = json.loads(node.attrs["spec"]).get("args", [])
+    if target == "aten.cumsum.default" and len(args) >= 2 and args[0] == {"$in": 0} and \
+            type(args[1]) is int and ins[0] is not None and len(node.inputs) == 1:
+        if args[1] % max(node.inputs[0].type.rank, 1) == ins[0]:
+            raise _NotBatch(f"it sums cumulatively along the batch dim (dim={args[1]})")
+        _same(node, ins, outs, ins[0])
+        return
+    if target == "aten.gather.default" and len(args) == 3 and args[0] == {"$in": 0} and \
+            type(args[1]) is int and args[2] == {"$in": 1} and len(node.inputs) == 2:
+        if ins[0] is None or ins[0] != ins[1]:
+            raise _NotBatch("its input and index hold the batch dim at different dims")
+        if args[1] % max(node.inputs[0].type.rank, 1) == ins[0]:
+            raise _NotBatch(f"it gathers along the batch dim (dim={args[1]})")
+        _same(node, ins, outs, ins[0])
+        return
+    raise _NotBatch(f"the opaque torch call {target!r} is not known to treat the batch dim "
+                    "independently")
+
+
 def _pad(node: Node, ins: Axes, outs: Axes) -> None:
     rank = node.inputs[0].type.rank
     if ins[0] >= rank - len(node.attrs["pads"]) // 2:
@@ -327,6 +352,7 @@ _RULES: dict[str, Rule] = {
     "pad": _pad,
     "dynamic_linear": _per_token,
     **{op: _recurrent for op in ("lstm", "gru", "dynamic_lstm", "dynamic_gru")},
+    "opaque": _opaque,
 }
 
 
@@ -442,23 +468,36 @@ def _merged_rows(node: Node, name: str) -> None:
             raise _NotBatch(f"it reshapes {x.type} to {y.type}, which moves samples")
         return
     k = _merged(x, name)
-    if k is None or _merged(y, name) != k or len(node.outputs) != 1:
+    if k is None or any(_merged(v, name) != k for v in node.outputs):
         raise _NotBatch(f"op {op!r} on a batch merged into dim 0 ({x.type}) is not known to "
                         "keep samples apart")
-    rest = node.inputs[1:]
-    if any(_merged(v, name) is not None or _axis(v, name) is not None for v in rest) and \
-            not node.op.has(Trait.ELEMENTWISE):
-        raise _NotBatch("a second operand holds the batch dim")
-    if op in ("matmul", "linear") and x.type.rank == 2:
+    for v in node.inputs[1:]:  # the others: the same merged rows, or batch-free and not
+        if _merged(v, name) == k:  # spread over the rows (dim 0 of size 1, or lower rank)
+            continue
+        if _axis(v, name) is not None or _merged(v, name) is not None or \
+                (v.type.rank == x.type.rank and v.shape and v.shape[0] != 1 and
+                 op not in ("linear", "matmul", "layer_norm", "rms_norm")):
+            raise _NotBatch(f"operand %{v.name} ({v.type}) spreads over the rows of the "
+                            "merged batch")
+    rank = x.type.rank
+    merged_in = [v for v in node.inputs if _merged(v, name) == k]
+    if node.op.has(Trait.ELEMENTWISE) or op in ("identity", "dropout"):
         return
-    if node.op.has(Trait.ELEMENTWISE):
-        for v in rest:
-            if _merged(v, name) == k and v.type.rank == x.type.rank:
-                continue
-            if _axis(v, name) is not None or _merged(v, name) is not None or \
-                    (v.type.rank == y.type.rank and v.shape[0] != 1):
-                raise _NotBatch(f"operand %{v.name} ({v.type}) broadcasts along the rows "
-                                "of the merged batch")
+    if op == "linear" or (op == "matmul" and len(merged_in) == 1 and
+                          node.inputs[1].type.rank == 2 and rank >= 2):
+        return  # rows times a batch-free matrix (the last dim contracted)
+    if op in ("matmul", "sdpa") and len({v.type.rank for v in merged_in}) == 1 and \
+            rank >= 3 and node.inputs[1] in merged_in:
+        return  # a batched product over dim 0 (window attention)
+    if op == "permute" and node.attrs["dims"][0] % rank == 0:
+        return
+    if op in ("layer_norm", "rms_norm") and len(node.attrs["normalized_shape"]) < rank:
+        return
+    if op in ("softmax", "log_softmax", "slice", "select", "cat", "split") and \
+            node.attrs["axis"] is not None and node.attrs["axis"] % rank != 0:
+        return
+    if op in ("mean", "sum", "amax", "amin") and node.attrs["axes"] and \
+            0 not in {a % rank for a in node.attrs["axes"]} and node.attrs.get("keepdim"):
         return
     raise _NotBatch(f"op {op!r} on a batch merged into dim 0 ({x.type}) is not known to keep "
                     "samples apart")
