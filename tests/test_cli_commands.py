@@ -23,7 +23,9 @@ import torch
 
 import slimfx
 from slimfx import cli
+from slimfx._cli.cmd_compress import CALIB_BATCH
 from slimfx.ir import Graph, load_graph, save_graph
+from slimfx.ir.symbolic import eval_dim
 
 HAS_TVM = importlib.util.find_spec("tvm") is not None
 HAS_DOT = shutil.which("dot") is not None
@@ -75,9 +77,10 @@ class Files:
         save_graph(self.graph, self.float_file)
 
     def batches(self) -> list[torch.Tensor]:
-        """The calibration batches the CLI makes: dim 0 split by the traced batch size."""
-        t = torch.from_numpy(self.calib_arr)
-        return [b for b in t.split(BATCH) if b.shape[0] == BATCH]
+        """The calibration batches the CLI makes for a graph with a dynamic batch: dim 0
+        split into batches of CALIB_BATCH, the last one smaller."""
+        assert str(self.graph.inputs[0].type) == "f32[N,3,16,16]"
+        return list(torch.from_numpy(self.calib_arr).split(CALIB_BATCH))
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +108,12 @@ def test_inspect_prints_the_ir_and_draws_it(files: Files, capsys: pytest.Capture
     out = _ok(capsys, *argv)
     assert out.startswith(str(files.graph))  # the .pt2 traces to the eager model's graph
     assert "conv2d" in out and "batch_norm" in out
+    assert "symbols: N >= 1\n" in out  # the default: a dynamic batch
     macs = sum(n.outputs[0].type.numel * n.inputs[1].type.shape[1]
                * n.inputs[1].type.shape[2] * n.inputs[1].type.shape[3]
                for n in files.graph.find("conv2d"))
-    assert f"MACs: {macs:,}\n" in out
+    per_sample = eval_dim(macs, {"N": 1})
+    assert f"MACs: {per_sample:,} at N=1 ({per_sample}*N)\n" in out
     params = sum(v.type.numel for v in files.graph.constants.values())
     assert f"parameters: {params:,} in {len(files.graph.constants)} constants" in out
     if not HAS_DOT:
@@ -120,17 +125,24 @@ def test_inspect_prints_the_ir_and_draws_it(files: Files, capsys: pytest.Capture
     assert f"wrote {svg}" in out
 
 
-def test_inspect_a_factory_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "my_models_cli.py").write_text(
+def _factory(root: Path, monkeypatch: pytest.MonkeyPatch, module: str, model: str) -> None:
+    """Writes ``module.py`` whose ``build()`` returns ``(model, (randn(2, 4),))``, importable."""
+    (root / f"{module}.py").write_text(
         "import torch\n"
         "def build():\n"
-        "    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())\n"
-        "    return m, (torch.randn(2, 4),)\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+        "    torch.manual_seed(0)\n"
+        f"    return {model}, (torch.randn(2, 4),)\n")
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+
+
+def test_inspect_a_factory_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _factory(tmp_path, monkeypatch, "my_models_cli",
+             "torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())")
     out = _ok(capsys, "inspect", "my_models_cli:build", "--summary", "--dot", "g.dot")
-    assert "linear" in out and "MACs: 24\n" in out and "graph @main" in out
+    assert "linear" in out and "MACs: 12 at N=1 (12*N)\n" in out and "graph @main" in out
+    assert "inputs: %input f32[N,4]\n" in out and "symbols: N >= 1\n" in out
     assert (tmp_path / "g.dot").read_text().startswith('digraph "main" {')
 
 
@@ -222,7 +234,7 @@ def test_bench_prints_a_latency_table(files: Files, slim_file: Path,
 def test_run_with_the_wrong_input_is_one_line(files: Files, slim_file: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     bad = files.root / "bad_shape.npy"
-    np.save(bad, np.zeros((1, 3, 16, 16), np.float32))
+    np.save(bad, np.zeros((1, 3, 15, 16), np.float32))  # any batch fits, not 15x16
     _bad(capsys, ["run", slim_file, "--input", bad, "-o", files.root / "z.npy"], "pixel_values")
     _bad(capsys, ["run", slim_file, "--input", files.x_npy, "-o", files.root / "z.npy"],
          "has 2 output(s)")
@@ -257,6 +269,39 @@ def _bad_files(root: Path) -> dict[str, Path]:
     made["model_txt"] = root / "model.txt"
     made["model_txt"].write_text("hello")
     return made
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not HAS_TVM, reason="the TVM backend needs apache-tvm")
+def test_compile_shapes_specialises(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    _factory(tmp_path, monkeypatch, "my_linear_cli", "torch.nn.Sequential(torch.nn.Linear(4, 3))")
+    out = _ok(capsys, "compile", "my_linear_cli:build", "-o", "any.slim", "-q")
+    assert "inputs input f32[N,4] where N >= 1;" in out
+    out = _ok(capsys, "compile", "my_linear_cli:build", "--shapes", "input=1,4", "-o",
+              "one.slim", "-q")
+    assert "inputs input f32[1,4];" in out
+    anysize, one = slimfx.load(tmp_path / "any.slim"), slimfx.load(tmp_path / "one.slim")
+    assert [str(s.type) for s in one.inputs] == ["f32[1,4]"] and not one.symbols
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.concatenate([one(x[i:i + 1]) for i in range(3)]),
+                               anysize(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(slimfx.errors.RuntimeInputError, match="input"):
+        one(x)
+    _bad(capsys, ["compile", "my_linear_cli:build", "--shapes", "input=1,5", "-o", "b.slim"],
+         "input")
+    _bad(capsys, ["compile", "my_linear_cli:build", "--shapes", "nope=1,4", "-o", "b.slim"],
+         "nope")
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["compile", "m.pt2", "--shapes", "x=1,a", "-o", "m.slim"], "NAME=D,D,..."),
+    (["compile", "m.pt2", "--shapes", "x", "-o", "m.slim"], "NAME=D,D,..."),
+])
+def test_bad_shapes_argument(capsys: pytest.CaptureFixture[str], argv: list[str],
+                             why: str) -> None:
+    rc, _, err = _cli(capsys, *argv)
+    assert rc == 2 and why in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv, why", [

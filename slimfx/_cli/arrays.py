@@ -107,10 +107,12 @@ def match_inputs(arrays: Sequence[NamedArray], names: Sequence[str], paths: Sequ
 
 
 def split_batches(arrays: Sequence[np.ndarray], names: Sequence[str], batch_size: int,
-                  what: str, error: type[SlimfxError] = SlimfxError) -> list[tuple[Any, ...]]:
+                  what: str, error: type[SlimfxError] = SlimfxError, *,
+                  keep_rest: bool = False) -> list[tuple[Any, ...]]:
     """Splits the arrays (one per input) along dimension 0 into batches of torch tensors.
 
-    A remainder smaller than ``batch_size`` is dropped (and logged).
+    A remainder smaller than ``batch_size`` is dropped (and logged), or with ``keep_rest``
+    (a graph with a dynamic batch) is a last, smaller batch.
 
     Raises:
         SlimfxError: (``error``) a 0-d array, arrays of different lengths, or fewer samples
@@ -130,6 +132,9 @@ def split_batches(arrays: Sequence[np.ndarray], names: Sequence[str], batch_size
         sizes = ", ".join(f"{n}: {k}" for n, k in zip(names, lengths, strict=True))
         raise error(f"{what} arrays have different lengths along dimension 0 ({sizes})")
     n = lengths[0]
+    tensors = [torch.from_numpy(np.ascontiguousarray(_native(a))) for a in arrays]
+    if keep_rest:
+        return [tuple(t[i:i + batch_size] for t in tensors) for i in range(0, n, batch_size)]
     if n < batch_size:
         raise error(f"{what} data has {n} sample(s), fewer than one batch of {batch_size}; "
                     "give more samples or a smaller --batch-size")
@@ -137,7 +142,6 @@ def split_batches(arrays: Sequence[np.ndarray], names: Sequence[str], batch_size
         logging.getLogger(__name__).warning(
             "%s data: %d sample(s) do not fill a batch of %d and are left out", what,
             n % batch_size, batch_size)
-    tensors = [torch.from_numpy(np.ascontiguousarray(_native(a))) for a in arrays]
     return [tuple(t[i:i + batch_size] for t in tensors)
             for i in range(0, n - batch_size + 1, batch_size)]
 

@@ -1,7 +1,7 @@
 """``slimfx bench MODEL.slim [--compare torch,ort --model MODEL]``: a latency table.
 
 The compiled model is timed on ``--input`` files (random inputs matching its signature
-otherwise), ``--repeat`` measurements of ``--number`` calls each (``--number 0``: enough
+otherwise, every symbol at its smallest size: batch 1 for a dynamic batch), ``--repeat`` measurements of ``--number`` calls each (``--number 0``: enough
 calls for about 20 ms per measurement). With ``--compare``, the same inputs run through
 torch (the original model given with ``--model``: a ``.pt2`` program's module, a factory's
 model, or the torch backend of a slimfx graph) and onnxruntime (that module exported to
@@ -173,14 +173,19 @@ def _inputs(compiled: Any, paths: list[str] | None) -> list[Any]:
     if paths:
         return match_inputs(read_arrays(paths, "input", RuntimeInputError), names, paths,
                             "input", RuntimeInputError)
+    from slimfx.ir.symbolic import eval_dim
+
     gen = torch.Generator().manual_seed(0)
+    # symbols (a dynamic batch N) at their smallest size: batch 1
+    sizes = {k: max(r.min, 1) for k, r in getattr(compiled, "symbols", {}).items()}
     out = []
     for s in compiled.inputs:
         dtype = s.type.torch_dtype
+        shape = [d if type(d) is int else eval_dim(d, sizes) for d in s.type.shape]
         if dtype.is_floating_point:
-            t = torch.randn(s.type.shape, generator=gen).to(dtype)
+            t = torch.randn(shape, generator=gen).to(dtype)
         else:  # token ids and masks: ones are valid for both
-            t = torch.ones(s.type.shape, dtype=dtype)
+            t = torch.ones(shape, dtype=dtype)
         out.append(t.numpy())
     return out
 

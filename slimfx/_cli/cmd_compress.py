@@ -8,8 +8,10 @@
   (a text table); ``--html`` also writes the one-file HTML report.
 
 Calibration files hold one array per graph input (``.npy``, ``.npz``, ``.safetensors``),
-split along dimension 0 into batches of ``--batch-size`` (default: the batch size the
-graph was traced with).
+split along dimension 0 into batches of ``--batch-size``. Default: for a graph with a
+dynamic batch (dim 0 a symbol, as ``slimfx.trace`` gives by default) batches of
+:data:`CALIB_BATCH` (or the symbol's maximum), the last one smaller; for a static graph,
+the batch size it was traced with (a remainder is dropped).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ if TYPE_CHECKING:  # the CLI imports torch only when a command runs
     from slimfx._cli.arrays import NamedArray
     from slimfx.ir.core import Graph
 
-__all__ = ["add_parsers", "run_quantize", "run_prune", "run_report", "read_calibration",
-           "calibration_batches"]
+__all__ = ["CALIB_BATCH", "add_parsers", "run_quantize", "run_prune", "run_report",
+           "read_calibration", "calibration_batches"]
 
 _GRAPH_SUFFIX = (".safetensors",)
+
+#: Samples per calibration batch for a graph with a dynamic batch, by default.
+CALIB_BATCH = 32
 
 
 def _calib_options(p: argparse.ArgumentParser, required: bool) -> None:
@@ -35,7 +40,8 @@ def _calib_options(p: argparse.ArgumentParser, required: bool) -> None:
                    help="calibration data: .npy, .npz or .safetensors, one array per graph "
                    "input, split along dimension 0 into batches")
     p.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help="samples per batch (default: the traced batch size)")
+                   help="samples per batch (default: 32 for a graph with a dynamic batch, "
+                   "else the traced batch size)")
     p.add_argument("--num-batches", type=positive_int, metavar="N",
                    help="use at most N batches")
     p.add_argument("--qconfig", choices=("x86", "arm"),
@@ -132,10 +138,15 @@ def calibration_batches(graph: Graph, arrays: list[NamedArray], paths: list[str]
     matched = match_inputs(arrays, names, paths, "calibration", CalibrationError)
     for v, a in zip(graph.inputs, matched, strict=True):
         _check_array(v, a)
-    if batch_size is None:
-        first = graph.inputs[0].type.shape if graph.inputs else ()
-        batch_size = first[0] if first else 1
-    return split_batches(matched, names, batch_size, "calibration", CalibrationError)
+    first = graph.inputs[0].type.shape if graph.inputs else ()
+    dynamic = bool(first) and type(first[0]) is not int
+    if batch_size is None and dynamic:
+        top = graph.symbols[str(first[0])].max if str(first[0]) in graph.symbols else None
+        batch_size = min(CALIB_BATCH, top) if top is not None else CALIB_BATCH
+    elif batch_size is None:
+        batch_size = int(first[0]) if first else 1
+    return split_batches(matched, names, batch_size, "calibration", CalibrationError,
+                         keep_rest=dynamic)
 
 
 def _check_array(v: Any, a: Any) -> None:

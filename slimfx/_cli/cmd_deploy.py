@@ -1,8 +1,10 @@
 """``slimfx compile`` and ``slimfx run``: graphs to native code, and running it on files.
 
-- ``compile MODEL_OR_GRAPH --target x86|arm|cuda|<json> [--tune N] -o MODEL.slim`` is
-  ``slimfx.compile(graph, target, tune=N).save(path)``; a JSON target is a TVM target dict,
-  given inline (``'{"kind": "llvm", "mcpu": "znver3"}'``) or as a ``.json`` file.
+- ``compile MODEL_OR_GRAPH --target x86|arm|cuda|<json> [--tune N] [--shapes x=1,3,224,224]
+  -o MODEL.slim`` is ``slimfx.compile(graph, target, tune=N, shapes={"x": (1, 3, 224,
+  224)}).save(path)``; a JSON target is a TVM target dict, given inline (``'{"kind":
+  "llvm", "mcpu": "znver3"}'``) or as a ``.json`` file. Without ``--shapes`` a graph with
+  symbols (a dynamic batch ``N``) compiles to one model serving every size in range.
 - ``run MODEL.slim --input X.npy [...] -o Y.npy [...]`` is ``slimfx.load(path)(*inputs)``.
   A ``.slim`` holds native code: loading it runs that code, like importing a shared
   library; ``--sha256`` checks the file against a digest obtained elsewhere first.
@@ -18,7 +20,8 @@ from typing import Any
 from slimfx._cli.common import non_negative_int, show_progress, steps
 from slimfx.errors import RuntimeInputError, SlimfxError
 
-__all__ = ["add_parsers", "run_compile", "run_run", "parse_target", "load_compiled"]
+__all__ = ["add_parsers", "run_compile", "run_run", "parse_shape", "parse_target",
+           "load_compiled"]
 
 _SLIM_SUFFIX = (".slim", ".tar")
 
@@ -36,6 +39,11 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
                    help="meta-schedule trial budget (default: no tuning)")
     c.add_argument("--tuning-db", metavar="DIR", help="tuning database directory "
                    "(default ~/.cache/slimfx/tuning)")
+    c.add_argument("--shapes", nargs="+", metavar="NAME=D,D,...", type=parse_shape,
+                   help="compile for exactly these input shapes (e.g. x=1,3,224,224; one "
+                   "per input to bind, binding the graph's symbols such as the batch N): the "
+                   "fastest code, other sizes refused. Default: every size in the ranges "
+                   "`slimfx inspect` prints")
     c.add_argument("-o", "--output", required=True, metavar="MODEL.slim",
                    help="where to write the compiled model")
     c.set_defaults(run=run_compile)
@@ -79,11 +87,37 @@ def parse_target(text: str) -> str | dict[str, Any]:
     return value
 
 
+def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """``x=1,3,224,224`` -> ``("x", (1, 3, 224, 224))`` (argparse reports the error)."""
+    name, eq, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except ValueError:
+        shape = ()
+    if not eq or not name.strip() or not shape or any(d < 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"--shapes: {text!r} is not NAME=D,D,... with non-negative integer sizes "
+            "(e.g. x=1,3,224,224)")
+    return name.strip(), shape
+
+
+def _shapes(items: list[tuple[str, tuple[int, ...]]] | None) -> dict[str, tuple[int, ...]] | None:
+    if not items:
+        return None
+    out: dict[str, tuple[int, ...]] = {}
+    for name, shape in items:
+        if name in out and out[name] != shape:
+            raise SlimfxError(f"--shapes gives input {name!r} twice ({out[name]} and {shape})")
+        out[name] = shape
+    return out
+
+
 def run_compile(args: argparse.Namespace) -> int:
     import slimfx
     from slimfx._cli.common import output_path
     from slimfx._cli.models import load_model
     from slimfx.backends.tvm import resolve_target, sha256_file
+    from slimfx.ir.symbolic import format_symbol
 
     out = output_path(args.output, _SLIM_SUFFIX, "compiled model")
     target = parse_target(args.target)
@@ -95,11 +129,15 @@ def run_compile(args: argparse.Namespace) -> int:
         graph = model.graph
         bar.step("build")
         compiled = slimfx.compile(graph, target, tune=args.tune, tuning_db=args.tuning_db,
-                                  progress=show_progress(args))
+                                  progress=show_progress(args), shapes=_shapes(args.shapes))
         bar.step("save")
         compiled.save(out)
     name = target if isinstance(target, str) else target.get("kind", "custom")
-    print(f"wrote {out} (target {name}, {len(graph)} nodes; sha256 {sha256_file(out)})")
+    sig = ", ".join(f"{s.name} {s.type}" for s in compiled.inputs)
+    if compiled.symbols:
+        sig += " where " + ", ".join(format_symbol(k, r) for k, r in sorted(compiled.symbols.items()))
+    print(f"wrote {out} (target {name}, {len(graph)} nodes, inputs {sig}; "
+          f"sha256 {sha256_file(out)})")
     return 0
 
 

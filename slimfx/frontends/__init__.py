@@ -24,10 +24,12 @@ __all__ = ["DEFAULT_DYNAMIC_BATCH", "trace", "TraceError"]
 logger = logging.getLogger(__name__)
 
 
-#: When True, ``trace()`` without ``dynamic_shapes`` makes dim 0 of every tensor input a
-#: dynamic batch wherever the model allows it (``Dim.AUTO``); when False (the default),
-#: it traces static shapes, as before.
-DEFAULT_DYNAMIC_BATCH = False
+#: When True (the default), ``trace()`` without ``dynamic_shapes`` makes dim 0 of every
+#: tensor input a dynamic batch wherever the model allows it (``Dim.AUTO``; inputs of one
+#: example batch size share one symbol, ``N``), every other dim static; the dims that stay
+#: static are logged (``INFO``, logger ``slimfx.frontends``) with the reason. When False,
+#: it traces static shapes (pass ``dynamic_shapes={}`` for that in one call).
+DEFAULT_DYNAMIC_BATCH = True
 
 
 def trace(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs: Any = None,
@@ -39,7 +41,9 @@ def trace(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs:
             batch norm is traced with its running statistics, dropout as identity).
         example_inputs: a tensor, a tuple (or list) of positional inputs, or a dict of
             keyword inputs (e.g. ``{"input_ids": ..., "attention_mask": ...}``).
-            Shapes in the IR are the shapes of these inputs.
+            Shapes in the IR are the shapes of these inputs, but for the dynamic
+            batch (below). An example batch of 1 gives a static batch (torch.export
+            specialises size 1): trace with a batch of 2 or more.
         method: ``"export"`` (torch.export, default) or ``"fx"`` (torch.fx
             symbolic tracing).
         name: the graph name.
@@ -49,9 +53,12 @@ def trace(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs:
             tuple of ``Dim`` / ``None``; ``Dim("B", min=1, max=64)``, ``Dim.AUTO``
             (dynamic where the model allows), ``Dim.STATIC``. Dynamic dims become graph
             symbols named after their ``Dim`` (see :mod:`slimfx.frontends.dynamic`).
-            ``None``: static shapes, or a dynamic batch dim 0 when
-            :data:`DEFAULT_DYNAMIC_BATCH` is on (dims that stay static are logged).
-            ``method="fx"`` reads only dim 0 entries of the spec (a batch symbol).
+            ``None`` (the default, with :data:`DEFAULT_DYNAMIC_BATCH` on): dim 0 of every
+            tensor input is a dynamic batch wherever the model allows it (``Dim.AUTO``,
+            range from 1), inputs of one example batch size sharing one symbol ``N``,
+            every other dim static; the dims that stay static are logged with the
+            reason. ``{}``: static shapes. ``method="fx"`` reads only dim 0 entries of
+            the spec (one batch symbol).
 
     ``model`` may also be a ``torch.export.ExportedProgram`` (e.g. from
     ``torch.export.load("model.pt2")``): it is lowered as it is, its size symbols
@@ -100,7 +107,7 @@ def trace(model: torch.nn.Module | torch.export.ExportedProgram, example_inputs:
         if not auto:
             return trace_export(model, args, kwargs, name, spec)
         try:
-            return trace_export(model, args, kwargs, name, spec)
+            return trace_export(model, args, kwargs, name, spec, share_batch=True)
         except (TraceError, ShapeError) as e:
             logger.info("trace(): a dynamic batch dim does not trace (%s); %s is traced "
                         "with static shapes", str(e).splitlines()[0][:300], type(model).__name__)

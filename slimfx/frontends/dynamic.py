@@ -22,12 +22,13 @@ naming the dim and the source line that made it static.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import re
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -36,7 +37,8 @@ from torch.utils._pytree import tree_map
 from slimfx.errors import TraceError
 from slimfx.ir.symbolic import RESERVED, SymbolRange, check_symbol_name
 
-__all__ = ["ONE_IS_GENERAL", "default_spec", "symbol_names", "violation_error"]
+__all__ = ["ONE_IS_GENERAL", "default_spec", "record_specialisations", "symbol_names",
+           "violation_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,13 +106,22 @@ def _per_dim(part: Any, i: int) -> Any:
 
 
 def symbol_names(ep: torch.export.ExportedProgram, spec: Any, model: torch.nn.Module | None,
-                 args: tuple[Any, ...], kwargs: dict[str, Any]
+                 args: tuple[Any, ...], kwargs: dict[str, Any], *, share_batch: bool = False,
+                 where: Mapping[tuple[str, int], str] | None = None
                  ) -> tuple[dict[str, str], dict[str, SymbolRange], list[str]]:
     """Names and ranges of the program's input size symbols.
 
+    Args:
+        share_batch: the dim 0 symbols of inputs whose example sizes are equal become
+            one symbol (the default spec: torch.export gives each ``Dim.AUTO`` its own
+            symbol unless the model relates them). The graph is then the program
+            restricted to equal batches, with the intersection of their ranges.
+        where: (input, dim) -> the user line that made that dim static (see
+            :func:`record_specialisations`), for the log lines.
+
     Returns:
         (torch symbol name -> slimfx name, slimfx name -> range, log lines saying
-        which requested dims became static).
+        which requested dims became static and which inputs share a batch symbol).
     """
     from torch.export.graph_signature import InputKind
 
@@ -121,6 +132,7 @@ def symbol_names(ep: torch.export.ExportedProgram, spec: Any, model: torch.nn.Mo
     mins: dict[str, int | None] = {}
     taken: set[str] = set()
     static: list[str] = []
+    batch: dict[int, tuple[str, list[str]]] = {}  # example size -> (symbol, inputs)
     for s, node in zip(ep.graph_signature.input_specs, placeholders, strict=True):
         val = node.meta.get("val")
         if s.kind != InputKind.USER_INPUT or not isinstance(val, torch.Tensor):
@@ -132,11 +144,20 @@ def symbol_names(ep: torch.export.ExportedProgram, spec: Any, model: torch.nn.Mo
             expr = getattr(getattr(d, "node", None), "expr", None)
             if expr is None or expr.is_Integer:
                 if asked is not None and asked is not torch.export.Dim.STATIC:
-                    why = ("the example size is 0 or 1, which torch.export specialises"
-                           if int(d) in (0, 1) else "the model needs this exact size")
-                    static.append(f"dim {i} of input {arg!r} is static ({int(d)}): {why}")
+                    static.append(f"dim {i} of input {arg!r} is static ({int(d)}): "
+                                  f"{_why_static(int(d), (where or {}).get((arg, i)))}")
                 continue
-            if not expr.is_Symbol or expr.name in names:
+            if not expr.is_Symbol:
+                continue
+            hint = getattr(d.node, "hint", None)
+            shared = batch.get(hint) if share_batch and i == 0 and hint is not None else None
+            if expr.name in names:
+                if shared is not None and names[expr.name] == shared[0]:
+                    shared[1].append(arg)
+                continue
+            if shared is not None:
+                names[expr.name] = shared[0]
+                shared[1].append(arg)
                 continue
             want = _dim_name(asked) or ("N" if i == 0 else "S" if i == 1 else f"D{i}")
             name, k = want, 1
@@ -146,6 +167,8 @@ def symbol_names(ep: torch.export.ExportedProgram, spec: Any, model: torch.nn.Mo
             taken.add(name)
             names[expr.name] = name
             mins[expr.name] = _dim_min(asked)
+            if share_batch and i == 0 and hint is not None:
+                batch[hint] = (name, [arg])
     for sym, vr in ep.range_constraints.items():
         key = getattr(sym, "name", str(sym))
         if key not in names:
@@ -154,8 +177,24 @@ def symbol_names(ep: torch.export.ExportedProgram, spec: Any, model: torch.nn.Mo
         hi = int(vr.upper) if vr.upper.is_Integer else None
         if ONE_IS_GENERAL and lo == 2 and mins.get(key) is None:
             lo = 1
-        ranges[names[key]] = SymbolRange(max(lo, 0), hi)
+        rng, have = SymbolRange(max(lo, 0), hi), ranges.get(names[key])
+        if have is not None:  # symbols merged by share_batch: both ranges hold
+            top = [m for m in (have.max, rng.max) if m is not None]
+            rng = SymbolRange(max(have.min, rng.min), min(top) if top else None)
+        ranges[names[key]] = rng
+    for name, inputs in batch.values():
+        if len(inputs) > 1:
+            static.append(f"inputs {', '.join(map(repr, inputs))} share the batch symbol {name}")
     return names, ranges, static
+
+
+def _why_static(size: int, line: str | None) -> str:
+    if size in (0, 1):
+        return ("the example size is 0 or 1, which torch.export specialises; trace with an "
+                "example of size 2 or more for a dynamic dim")
+    if line:
+        return f"the model fixes it at {line}"
+    return "the model needs this exact size"
 
 
 # ------------------------------------------------------------------- constraint violations
@@ -203,27 +242,51 @@ def _user_frame(stack: list[traceback.FrameSummary]) -> str | None:
     return None
 
 
-def _where_specialised(export: Any) -> str | None:
-    """Runs ``export()`` with a hook on the shape environment's replacements."""
+_SOURCE = re.compile(r"^L\['(\w+)'\](?:\['(\w+)'\])?\.size\(\)\[(\d+)\]$")
+
+
+@contextlib.contextmanager
+def record_specialisations() -> Iterator[list[tuple[str | None, int, str]]]:
+    """Within the block, records where torch.export makes a size static.
+
+    Yields a list filled as the shape environment replaces a size symbol by an integer:
+    ``(argument name, dim, line)``, the line being the first frame of user code at that
+    moment (``file:line (code)``); the name is None (dim -1) for a symbol that is not an
+    input's size. Sizes specialised before tracing (0 and 1) are not in it.
+    """
+    found: list[tuple[str | None, int, str]] = []
     try:
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
     except ImportError:  # pragma: no cover - torch internals moved
-        return None
-    found: list[str] = []
+        yield found
+        return
     original = ShapeEnv._set_replacement
 
     def hooked(self: Any, a: Any, tgt: Any, msg: str) -> None:
-        if not found and getattr(tgt, "is_Integer", False):
-            where = _user_frame(traceback.extract_stack()[:-1])
-            if where:
-                found.append(where)
+        line = (_user_frame(traceback.extract_stack()[:-1])
+                if getattr(tgt, "is_Integer", False) else None)
+        if line:
+            keys: list[tuple[str | None, int]] = []
+            for src in self.var_to_sources.get(a, ()):
+                m = _SOURCE.match(getattr(src, "name", ""))
+                if m is not None:
+                    arg = m.group(2) if m.group(1) == "kwargs" and m.group(2) else m.group(1)
+                    keys.append((arg, int(m.group(3))))
+            found.extend((arg, dim, line) for arg, dim in keys or [(None, -1)])
         return original(self, a, tgt, msg)
 
     ShapeEnv._set_replacement = hooked  # type: ignore[method-assign]
     try:
-        export()
-    except Exception:  # noqa: BLE001 - the failure is known; only the hook's record matters
-        pass
+        yield found
     finally:
         ShapeEnv._set_replacement = original  # type: ignore[method-assign]
-    return found[0] if found else None
+
+
+def _where_specialised(export: Any) -> str | None:
+    """Runs ``export()`` again, recording where the shape environment fixed a size."""
+    with record_specialisations() as found:
+        try:
+            export()
+        except Exception:  # noqa: BLE001 - the failure is known; only the record matters
+            pass
+    return found[0][2] if found else None

@@ -11,6 +11,7 @@ tensor constants become IR constants named by their state-dict name.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,7 +22,12 @@ from torch.utils._pytree import tree_leaves
 
 from slimfx.errors import TraceError
 from slimfx.frontends.builder import GraphBuilder, module_path, user_location
-from slimfx.frontends.dynamic import is_violation, symbol_names, violation_error
+from slimfx.frontends.dynamic import (
+    is_violation,
+    record_specialisations,
+    symbol_names,
+    violation_error,
+)
 from slimfx.frontends.errors import condensed, failing_line, raise_refusals
 from slimfx.ir.core import Graph, Source, Value
 from slimfx.ir.symbolic import SymbolRange, torch_symbol_names
@@ -46,10 +52,12 @@ def _op_name(target: Any) -> str:
 
 
 def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                 name: str = "main", dynamic_shapes: Any = None) -> Graph:
+                 name: str = "main", dynamic_shapes: Any = None, *,
+                 share_batch: bool = False) -> Graph:
     """Traces ``model`` with torch.export and lowers the program to slimfx IR.
 
-    ``dynamic_shapes`` is torch.export's spec (see :mod:`slimfx.frontends.dynamic`).
+    ``dynamic_shapes`` is torch.export's spec (see :mod:`slimfx.frontends.dynamic`);
+    ``share_batch`` (the default spec) gives the inputs of one batch size one symbol.
     """
     def export() -> torch.export.ExportedProgram:
         with torch.no_grad():
@@ -57,7 +65,11 @@ def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
                                        dynamic_shapes=dynamic_shapes)
 
     try:
-        ep = export()
+        if dynamic_shapes is None:
+            ep, fixed = export(), []
+        else:
+            with record_specialisations() as fixed:
+                ep = export()
     except GuardOnDataDependentSymNode as e:  # Python control flow on tensor values / sizes
         where = failing_line(e) or "a line of forward()"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -72,14 +84,24 @@ def trace_export(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
         if dynamic_shapes is not None and is_violation(e):
             raise violation_error(e, export) from e
         raise TraceError(condensed(e, "torch.export", other='method="fx"')) from e
-    return lower_program(ep, name, dynamic_shapes, model, args, kwargs)
+    where: dict[tuple[str, int], str] = {}
+    for arg, dim, line in fixed:
+        if arg is not None:
+            where.setdefault((arg, dim), line)
+    return lower_program(ep, name, dynamic_shapes, model, args, kwargs,
+                         share_batch=share_batch, where=where)
 
 
 def lower_program(ep: torch.export.ExportedProgram, name: str = "main", spec: Any = None,
                   model: torch.nn.Module | None = None, args: tuple[Any, ...] = (),
-                  kwargs: dict[str, Any] | None = None) -> Graph:
-    """Lowers an exported program (its size symbols become graph symbols)."""
-    names, ranges, static = symbol_names(ep, spec, model, args, kwargs or {})
+                  kwargs: dict[str, Any] | None = None, *, share_batch: bool = False,
+                  where: Mapping[tuple[str, int], str] | None = None) -> Graph:
+    """Lowers an exported program (its size symbols become graph symbols).
+
+    ``share_batch`` and ``where`` as in :func:`~slimfx.frontends.dynamic.symbol_names`.
+    """
+    names, ranges, static = symbol_names(ep, spec, model, args, kwargs or {},
+                                         share_batch=share_batch, where=where)
     for line in static:
         logger.info("trace: %s", line)
     with torch_symbol_names(names):

@@ -16,7 +16,9 @@ that value expanded to the symbolic shape.
 
 Only dim 0 entries of the spec are read (a batch); every marked input shares one
 symbol, named after the first ``Dim`` of the spec (``N`` otherwise), with that
-``Dim``'s range (``[1, inf)`` for ``Dim.AUTO``).
+``Dim``'s range (``[1, inf)`` for ``Dim.AUTO``). Under the default spec (``auto``), as
+torch.export's ``Dim.AUTO``: an input whose example batch is 0 or 1 stays static, and
+inputs whose batch differs from the first marked input's stay static (logged).
 """
 
 from __future__ import annotations
@@ -70,7 +72,27 @@ def trace_fx_dynamic(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict
             dims.append(_per_dim(part, 0))
     if not marked:
         return trace_fx(model, args, kwargs, name)
+    if auto:  # as torch.export's Dim.AUTO: an example size of 0 or 1 stays static
+        for a in [a for a in marked if int(named[a].shape[0]) < 2]:
+            logger.info("trace: dim 0 of input %r is static (%d): the example size is 0 or 1, "
+                        "which torch.export specialises (method='fx' does the same); trace "
+                        "with an example of size 2 or more for a dynamic dim", a,
+                        int(named[a].shape[0]))
+        dims = [d for a, d in zip(marked, dims, strict=True) if int(named[a].shape[0]) >= 2]
+        marked = [a for a in marked if int(named[a].shape[0]) >= 2]
+        if not marked:
+            return trace_fx(model, args, kwargs, name)
     batches = {int(named[a].shape[0]) for a in marked}
+    if auto and len(batches) != 1:  # the default spec: the first input's batch is the batch
+        first = int(named[marked[0]].shape[0])
+        for a in marked:
+            if int(named[a].shape[0]) != first:
+                logger.info("trace: dim 0 of input %r is static (%d): the fx frontend gives "
+                            "one batch symbol, and input %r has batch %d", a,
+                            int(named[a].shape[0]), marked[0], first)
+        dims = [d for a, d in zip(marked, dims, strict=True) if int(named[a].shape[0]) == first]
+        marked = [a for a in marked if int(named[a].shape[0]) == first]
+        batches = {first}
     if len(batches) != 1:
         raise TraceError(f"dynamic_shapes with method=\"fx\": the marked inputs "
                          f"{', '.join(map(repr, marked))} have different dim 0 sizes "
@@ -80,6 +102,8 @@ def trace_fx_dynamic(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict
     sizes = _sizes(batches.pop(), rng)
     if sizes is None:
         if auto:
+            logger.info("trace(): the range %s of %s is too narrow for method='fx' to trace "
+                        "three batch sizes; traced with static shapes", rng, sym)
             return trace_fx(model, args, kwargs, name)
         raise TraceError(f"dynamic_shapes with method=\"fx\": the range {rng} of {sym} is too "
                          "narrow to trace at three batch sizes; widen it or use "
@@ -92,11 +116,11 @@ def trace_fx_dynamic(model: torch.nn.Module, args: tuple[Any, ...], kwargs: dict
             k2 = {k: _resize(v, b) if k in marked else v for k, v in kwargs.items()}
             graphs.append(trace_fx(model, a2, k2, name))
         g = _generalize(graphs, sizes, sym, rng)
-    except TraceError:
+    except TraceError as e:
         if not auto:
             raise
-        logger.info("trace(): %s has no batch symbol with method='fx'; traced with static "
-                    "shapes", type(model).__name__)
+        logger.info("trace(): %s has no batch symbol with method='fx' (%s); traced with "
+                    "static shapes", type(model).__name__, str(e).splitlines()[0][:300])
         return trace_fx(model, args, kwargs, name)
     return g
 

@@ -55,13 +55,39 @@ def assert_round_trips(g: Graph) -> None:
 
 
 def check(model: torch.nn.Module, inputs: Any, method: str = "export") -> Graph:
-    """Traces and checks everything a frontend promises; returns the graph."""
+    """Traces and checks everything a frontend promises; returns the graph.
+
+    Where the graph has a dynamic batch (the default), it is also run at another batch
+    size (the inputs whose dim 0 is symbolic, rows repeated), against eager.
+    """
     model.eval()
     g = slimfx.trace(model, inputs, method=method)
     g.verify()
     assert_close_to_eager(g, model, inputs)
     assert_round_trips(g)
+    other = other_batch(g, inputs)
+    if other is not None:
+        assert_close_to_eager(g, model, other)
     return g
+
+
+def other_batch(g: Graph, inputs: Any, delta: int = 1) -> Any:
+    """``inputs`` with ``delta`` more rows in the inputs whose dim 0 is a symbol (or None)."""
+    batched = {v.name for v in g.inputs if v.type.rank >= 1 and type(v.type.shape[0]) is not int}
+    if not batched:
+        return None
+
+    def grow(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        b = x.shape[0] + delta
+        return torch.cat([x] * -(-b // x.shape[0]))[:b]
+
+    if isinstance(inputs, dict):
+        return {k: grow(v) if k in batched else v for k, v in inputs.items()}
+    seq = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    return tuple(grow(x) if i < len(g.inputs) and g.inputs[i].name in batched else x
+                 for i, x in enumerate(seq))
 
 
 def ops(g: Graph) -> list[str]:

@@ -149,23 +149,74 @@ def test_exported_program_from_a_pt2_file(cnn, tmp_path: Path) -> None:
     assert static.inputs[0].type.is_static and not static.symbols
 
 
-def test_default_dynamic_batch_switch(monkeypatch, caplog) -> None:
-    class Pinned(nn.Module):
-        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return a.sum(0) + b.reshape(-1)  # b's dim 0 is tied to its size: stays static
+class _Pinned(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return a.sum(0) + b.reshape(-1), c * 2  # b's dim 0 is tied to a's dim 1: stays static
 
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_default_is_a_dynamic_batch(method: str) -> None:
     model = Cnn().eval()
-    x = torch.randn(2, 3, 8, 8)
-    assert slimfx.trace(model, x).inputs[0].type.is_static  # off by default
-    monkeypatch.setattr(slimfx.frontends, "DEFAULT_DYNAMIC_BATCH", True)
-    for method in ("export", "fx"):
-        g = slimfx.trace(model, x, method=method)
-        assert str(g.inputs[0].type) == "f32[N,3,8,8]", method
-        _close(model, g, torch.randn(7, 3, 8, 8))
+    g = slimfx.trace(model, torch.randn(2, 3, 8, 8), method=method)
+    assert str(g.inputs[0].type) == "f32[N,3,8,8]" and g.symbols == {"N": SymbolRange(1, None)}
+    for n in (1, 7):
+        _close(model, g, torch.randn(n, 3, 8, 8))
+
+
+def test_default_logs_what_stays_static_and_why(caplog) -> None:
     with caplog.at_level(logging.INFO, logger="slimfx.frontends"):
-        p = slimfx.trace(Pinned(), (torch.randn(3, 4), torch.randn(4, 1)))
-    assert [str(v.type) for v in p.inputs] == ["f32[N,4]", "f32[4,1]"]
-    assert "dim 0 of input 'b' is static (4)" in caplog.text
+        p = slimfx.trace(_Pinned(), (torch.randn(3, 4), torch.randn(4, 1), torch.randn(1, 4)))
+    assert [str(v.type) for v in p.inputs] == ["f32[N,4]", "f32[4,1]", "f32[1,4]"]
+    assert re.search(r"dim 0 of input 'b' is static \(4\): the model fixes it at "
+                     r".*test_dynamic_shapes\.py:\d+ \(return a\.sum\(0\) \+ b\.reshape", caplog.text)
+    assert ("dim 0 of input 'c' is static (1): the example size is 0 or 1, which torch.export "
+            "specialises") in caplog.text
+    assert all(r.name.startswith("slimfx.frontends") for r in caplog.records
+               if "is static" in r.getMessage())
+    x = (torch.randn(6, 4), torch.randn(4, 1), torch.randn(1, 4))
+    for got, want in zip(slimfx.to_torch(p)(*x), _Pinned()(*x), strict=True):
+        assert torch.equal(got, want)
+
+
+class _TwoTowers(nn.Module):
+    """Two inputs torch.export does not relate: Dim.AUTO gives each its own symbol."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a * 2, b.sum(1)
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_default_inputs_of_one_batch_share_one_symbol(method: str, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="slimfx.frontends"):
+        g = slimfx.trace(_TwoTowers(), {"a": torch.randn(4, 3), "b": torch.randn(4, 5)},
+                         method=method)
+    assert str(g).splitlines()[0] == ("graph @main(%a: f32[N,3], %b: f32[N,5]) where N >= 1 {")
+    a, b = torch.randn(3, 3), torch.randn(3, 5)
+    for got, want in zip(slimfx.to_torch(g)(a, b), _TwoTowers()(a, b), strict=True):
+        assert torch.equal(got, want)
+    with pytest.raises(RuntimeInputError, match="symbol N"):
+        slimfx.to_torch(g)(torch.randn(3, 3), torch.randn(2, 5))
+    # different example batches: export gives the other its own symbol, fx (one batch
+    # symbol) keeps it static
+    other = slimfx.trace(_TwoTowers(), (torch.randn(4, 3), torch.randn(5, 5)), method=method)
+    want = {"export": ["f32[N,3]", "f32[N2,5]"], "fx": ["f32[N,3]", "f32[5,5]"]}[method]
+    assert [str(v.type) for v in other.inputs] == want
+
+
+@pytest.mark.parametrize("method", ["export", "fx"])
+def test_default_example_batch_of_one_stays_static(method: str, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="slimfx.frontends"):
+        g = slimfx.trace(Cnn().eval(), torch.randn(1, 3, 8, 8), method=method)
+    assert g.inputs[0].type.is_static and not g.symbols
+    assert "dim 0 of input 'x' is static (1): the example size is 0 or 1" in caplog.text
+
+
+def test_static_when_asked(monkeypatch) -> None:
+    model, x = Cnn().eval(), torch.randn(2, 3, 8, 8)
+    for method in ("export", "fx"):
+        assert slimfx.trace(model, x, method=method, dynamic_shapes={}).inputs[0].type.is_static
+    monkeypatch.setattr(slimfx.frontends, "DEFAULT_DYNAMIC_BATCH", False)
+    assert slimfx.trace(model, x).inputs[0].type.is_static
 
 
 def test_fx_method_gives_the_batch_symbol_export_gives() -> None:

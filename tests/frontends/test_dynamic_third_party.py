@@ -87,14 +87,16 @@ def test_arange_over_a_symbol_is_a_slice_of_a_constant(caplog) -> None:
 
 
 @pytest.mark.slow
-def test_default_dynamic_batch_serves_a_sentence_model(monkeypatch) -> None:
+def test_default_dynamic_batch_serves_a_sentence_model() -> None:
     torch.manual_seed(0)
     model = transformers.BertModel(transformers.BertConfig(**_TEXT)).eval()
-    monkeypatch.setattr(slimfx.frontends, "DEFAULT_DYNAMIC_BATCH", True)
     ids, mask = _text(20, 12)
     g = slimfx.trace(model, {"input_ids": ids, "attention_mask": mask})
-    # Dim.AUTO per input: torch.export gives each input's batch its own symbol here
-    assert [str(v.type) for v in g.inputs] == ["i64[N,12]", "i64[N2,12]"]
+    # Dim.AUTO per input gives each input's batch its own torch symbol here; inputs of
+    # one example batch share one graph symbol
+    assert [str(v.type) for v in g.inputs] == ["i64[N,12]", "i64[N,12]"]
+    with pytest.raises(RuntimeInputError, match="symbol N"):
+        slimfx.to_torch(g)(*_text(3, 12)[:1], _text(4, 12)[1])
     ids, mask = _text(3, 12, seed=3)
     with torch.no_grad():
         torch.testing.assert_close(slimfx.to_torch(g)(ids, mask)[0],

@@ -49,7 +49,7 @@ def net() -> tuple[nn.Module, Graph, torch.Tensor]:
 
 
 def _static(model: nn.Module, batch: int) -> Graph:
-    return slimfx.trace(model, torch.randn(batch, 3, 8, 8))
+    return slimfx.trace(model, torch.randn(batch, 3, 8, 8), dynamic_shapes={})
 
 
 def test_ptq_int8_equals_static_traces_bit_for_bit(net) -> None:

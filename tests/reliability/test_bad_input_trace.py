@@ -39,7 +39,7 @@ class TwoInputs(nn.Module):
 
 # ------------------------------------------------------------- to_torch input checks
 def test_to_torch_rejects_another_batch_size() -> None:
-    g = slimfx.trace(BatchFlatten(), (torch.randn(2, 3, 4),))
+    g = slimfx.trace(BatchFlatten(), (torch.randn(2, 3, 4),), dynamic_shapes={})  # static
     m = to_torch(g)
     x = torch.randn(2, 3, 4)
     assert torch.equal(m(x), x.reshape(2, -1) * 2)
@@ -49,12 +49,12 @@ def test_to_torch_rejects_another_batch_size() -> None:
 
 
 def test_to_torch_rejects_wrong_dtype_and_rank() -> None:
-    m = to_torch(slimfx.trace(Lin(), (torch.randn(2, 4),)))
-    with pytest.raises(RuntimeInputError, match=r"input 'x': expected f32\[2,4\], got f64\[2,4\]"):
+    m = to_torch(slimfx.trace(Lin(), (torch.randn(2, 4),)))  # a dynamic batch N
+    with pytest.raises(RuntimeInputError, match=r"input 'x': expected f32\[N,4\], got f64\[2,4\]"):
         m(torch.randn(2, 4, dtype=torch.float64))
     with pytest.raises(RuntimeInputError, match=r"got f32\[4\] \(rank 1, expected rank 2\)"):
         m(torch.randn(4))
-    with pytest.raises(RuntimeInputError, match=r"input 'x': expected a torch tensor f32\[2,4\], "
+    with pytest.raises(RuntimeInputError, match=r"input 'x': expected a torch tensor f32\[N,4\], "
                                                  r"got ndarray"):
         m(np.zeros((2, 4), np.float32))
 

@@ -63,7 +63,7 @@ def graph() -> slimfx.ir.Graph:
     torch.manual_seed(0)
     model = _Edges().eval()
     gen = torch.Generator().manual_seed(1)
-    g = slimfx.trace(model, _inputs(gen))
+    g = slimfx.trace(model, _inputs(gen), dynamic_shapes={})
     return slimfx.quantize(g, [_inputs(gen) for _ in range(3)], "ptq-int8")
 
 

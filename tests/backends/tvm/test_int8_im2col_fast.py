@@ -172,7 +172,7 @@ def test_linears_use_the_vnni_kernel_on_vnni_targets() -> None:
     model = torch.nn.Sequential(torch.nn.Linear(30, 32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 16)).eval()
     x = torch.randn(5, 30)
-    g = slimfx.trace(model, (x,))
+    g = slimfx.trace(model, (x,), dynamic_shapes={})
     for q in (slimfx.quantize(g, pipeline="dynamic-int8"),
               slimfx.quantize(g, [(torch.randn(5, 30),) for _ in range(2)], "ptq-int8")):
         names = [gv.name_hint for gv in lower_graph(q, target="x86").functions]

@@ -55,16 +55,16 @@ def _model(name: str) -> Graph:
         model, (x,) = get_model(name, input_size=32, num_classes=10, **kw)
         gen = torch.Generator().manual_seed(0)
         calib = [(torch.randn(x.shape, generator=gen),) for _ in range(2)]
-        return slimfx.quantize(slimfx.trace(model, (x,)), calib, "ptq-int8")
+        return slimfx.quantize(slimfx.trace(model, (x,), dynamic_shapes={}), calib, "ptq-int8")
     pytest.importorskip("transformers")
     from tests.models.zoo_hf_int8 import int8_model, random_batch
 
     if name == "bert-dynamic":
         model, inputs = int8_model("bert")
-        return slimfx.quantize(slimfx.trace(model, inputs), pipeline="dynamic-int8")
+        return slimfx.quantize(slimfx.trace(model, inputs, dynamic_shapes={}), pipeline="dynamic-int8")
     model, inputs = int8_model("bert-eager")  # static int8: qlinear + qmatmul attention
     calib = [tuple(random_batch(inputs, seed=i).values()) for i in range(2)]
-    return slimfx.quantize(slimfx.trace(model, inputs), calib, "ptq-int8")
+    return slimfx.quantize(slimfx.trace(model, inputs, dynamic_shapes={}), calib, "ptq-int8")
 
 
 def _count(g: Graph, ops: tuple[str, ...]) -> int:

@@ -76,7 +76,7 @@ def qat_program():
         torch.manual_seed(0)
         model = ResDwCNN()
         _fit(model, data.x_train, data.y_train, steps=200, lr=1e-2)
-        g = slimfx.trace(model, (data.x_test[:BATCH],))
+        g = slimfx.trace(model, (data.x_test[:BATCH],), dynamic_shapes={})
         calib = list(data.x_train[:4 * BATCH].split(BATCH))
         m = slimfx.to_torch(slimfx.prepare_qat(g, calib))
         _fit(m, data.x_train, data.y_train, steps=40, lr=1e-4)

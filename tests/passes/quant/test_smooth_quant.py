@@ -49,7 +49,7 @@ def _structure(g: slimfx.Graph) -> str:
 
 
 GOLDEN_AFTER = """\
-graph @main(%x: f32[2,3,4]) {
+graph @main(%x: f32[N,3,4]) where N >= 1 {
   const %fc1.bias : f32[6]
   const %fc2.bias : f32[4]
   const %fc1.weight.smoothed : f32[6,4]
@@ -58,13 +58,13 @@ graph @main(%x: f32[2,3,4]) {
   const %ln.unsmooth.scale : f32[4]
   const %fc2.weight.smoothed : f32[4,6]
   const %gelu.smooth.scale : f32[6]
-  %ln = layer_norm(%x, %ln.weight.smoothed, %ln.bias.smoothed) {normalized_shape=[4], eps=1e-05} : f32[2,3,4]
-  %ln.unsmooth = mul(%ln, %ln.unsmooth.scale) : f32[2,3,4]
-  %fc1 = linear(%ln, %fc1.weight.smoothed, %fc1.bias) {act_min=none, act_max=none} : f32[2,3,6]
-  %gelu = gelu(%fc1) {approximate="none"} : f32[2,3,6]
-  %gelu.smooth = mul(%gelu, %gelu.smooth.scale) : f32[2,3,6]
-  %fc2 = linear(%gelu.smooth, %fc2.weight.smoothed, %fc2.bias) {act_min=none, act_max=none} : f32[2,3,4]
-  %add = add(%ln.unsmooth, %fc2) : f32[2,3,4]
+  %ln = layer_norm(%x, %ln.weight.smoothed, %ln.bias.smoothed) {normalized_shape=[4], eps=1e-05} : f32[N,3,4]
+  %ln.unsmooth = mul(%ln, %ln.unsmooth.scale) : f32[N,3,4]
+  %fc1 = linear(%ln, %fc1.weight.smoothed, %fc1.bias) {act_min=none, act_max=none} : f32[N,3,6]
+  %gelu = gelu(%fc1) {approximate="none"} : f32[N,3,6]
+  %gelu.smooth = mul(%gelu, %gelu.smooth.scale) : f32[N,3,6]
+  %fc2 = linear(%gelu.smooth, %fc2.weight.smoothed, %fc2.bias) {act_min=none, act_max=none} : f32[N,3,4]
+  %add = add(%ln.unsmooth, %fc2) : f32[N,3,4]
   return %add
 }"""  # noqa: E501
 
