@@ -40,7 +40,16 @@ from slimfx.passes.prune.prune_channels import (
     plan_channel_pruning,
     prune_channels,
 )
-from slimfx.passes.prune.report import count_macs, count_nonzero, count_params, sparsity_table
+from slimfx.passes.prune.report import (
+    count_macs,
+    count_nonzero,
+    count_params,
+    layer_channels,
+    layer_sparsity,
+    plot_channels,
+    plot_sparsity,
+    sparsity_table,
+)
 from slimfx.passes.prune.schedule import PolynomialSchedule
 
 __all__ = [
@@ -62,12 +71,16 @@ __all__ = [
     "count_params",
     "export_sparse",
     "finetune",
+    "layer_channels",
+    "layer_sparsity",
     "load_sparse",
     "magnitude_masks",
     "magnitude_prune",
     "mask_channel_plan",
     "plan_channel_pruning",
     "plan_for_latency",
+    "plot_channels",
+    "plot_sparsity",
     "prune_channels",
     "prune_for_latency",
     "sparsity_table",
