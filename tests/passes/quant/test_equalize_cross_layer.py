@@ -365,3 +365,45 @@ def test_mobilenet_v2_per_tensor_recovered(mobilenet_uneven) -> None:  # noqa: A
     # activations, per tensor, hurt per-channel weights too; CLE evens both)
     assert db["per-tensor+cle"] > db["per-tensor"] + 20
     assert db["per-tensor+cle"] > db["per-channel"] + 10
+
+
+def test_cle_recovers_per_tensor_int8_of_a_depthwise_model_with_spread_channels() -> None:
+    """The MobileNet failure of per-tensor int8 (Nagel et al. 2019): a trained depthwise
+    CNN whose depthwise channels are rescaled by s_c in [1/100, 100] (the pointwise inputs
+    by 1/s_c, the same function, as BN folding leaves MobileNets) collapses under
+    per-tensor PTQ; equalize-cross-layer first brings it within 1 pt of float, above
+    per-channel PTQ (``benchmarks/qat_depthwise.py`` prints the table)."""
+    import importlib.util
+    from pathlib import Path
+
+    import slimfx
+    from slimfx.models.digits import load_digits_split
+    from slimfx.passes.quant import QConfig
+
+    path = Path(__file__).parents[3] / "benchmarks" / "qat_depthwise.py"
+    spec = importlib.util.spec_from_file_location("qat_depthwise", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    data = load_digits_split()
+    xte, yte = data.x_test[:320], data.y_test[:320]
+    model = bench.DepthwiseCNN()
+    bench.fit(model, data.x_train, data.y_train, steps=400, lr=1e-2, seed=1)
+    fp32 = bench.top1(model, xte, yte)
+    bench.rescale_depthwise_(model, 100.0)
+    g = slimfx.trace(model, (xte[:bench.BATCH],), dynamic_shapes={})
+    calib = list(data.x_train[:8 * bench.BATCH].split(bench.BATCH))
+    per_tensor = QConfig.preset("x86", per_channel_weights=False)
+
+    def acc(graph) -> float:  # noqa: ANN001
+        q = slimfx.quantize(graph, calib, qconfig=per_tensor)
+        return bench.top1(slimfx.to_torch(q, trainable=False), xte, yte)
+
+    plain = acc(g)
+    eq = Pipeline("fold-bn,equalize-cross-layer,dce")(g)
+    assert any(n.op.name == "conv2d" and n.attrs["groups"] > 1 for n in eq.nodes)
+    cle = acc(eq)
+    per_channel = bench.top1(slimfx.to_torch(slimfx.quantize(g, calib), trainable=False),
+                             xte, yte)
+    assert fp32 > 95 and plain < fp32 - 20, (fp32, plain)
+    assert cle >= fp32 - 1 and cle > per_channel, (fp32, cle, per_channel)
